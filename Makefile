@@ -1,0 +1,34 @@
+# intrada_pl: everything a user or CI runs goes through these targets.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DATA ?= data/toy
+DEMO_RUNS ?= runs/demo
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: install test demo clean-demo
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q
+
+$(DEMO_DATA)/toy_meta.json: | install
+	$(BIN)/intrada toy-data $(DEMO_DATA)
+
+demo: install $(DEMO_DATA)/toy_meta.json
+	$(BIN)/intrada fit --config configs/demo/source_only.yaml
+	$(BIN)/intrada test --config configs/demo/test.yaml \
+		--ckpt $(DEMO_RUNS)/source_only/checkpoints/last.ckpt \
+		--output $(DEMO_RUNS)/source_only/test --save_predictions
+	@echo "demo data:   $(DEMO_DATA)"
+	@echo "checkpoints: $(DEMO_RUNS)/source_only/checkpoints"
+	@echo "metrics:     $(DEMO_RUNS)/source_only/test/metrics.json"
+
+clean-demo:
+	rm -rf $(DEMO_RUNS)

@@ -1,0 +1,25 @@
+"""Segmentation network, discriminator, input normalisation and weight loading."""
+
+from intrada_pl.models.deeplabv2 import DeepLabV2, reference_lr_multiplicity
+from intrada_pl.models.discriminator import FCDiscriminator
+from intrada_pl.models.preprocessing import PREPROCESSING, InputNormalization
+from intrada_pl.models.weights import (
+    CheckpointMismatchError,
+    infer_architecture,
+    load_pretrained,
+    load_reference_checkpoint,
+    read_state_dict,
+)
+
+__all__ = [
+    "PREPROCESSING",
+    "CheckpointMismatchError",
+    "DeepLabV2",
+    "FCDiscriminator",
+    "InputNormalization",
+    "infer_architecture",
+    "load_pretrained",
+    "load_reference_checkpoint",
+    "read_state_dict",
+    "reference_lr_multiplicity",
+]

@@ -1,0 +1,152 @@
+"""Loading DeepLabV2 weights: ImageNet inits and released ADVENT/IntraDA state dicts.
+
+Every file is read with ``torch.load(map_location="cpu", weights_only=True)``; keys and shapes are
+checked here first so that a wrong file fails with a message naming what differs rather than
+PyTorch's generic ``load_state_dict`` error.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from intrada_pl.models.deeplabv2 import HEAD_MODULES, RESNET_LAYOUTS, Bottleneck, DeepLabV2
+
+_MAIN_HEAD_KEY = "layer6.conv2d_list.0.weight"
+# ImageNet classifiers that init files carry and we never load: torchvision's ``fc`` and the
+# DeepLab init file's own ``layer5`` (REFERENCE A1).
+_INIT_CLASSIFIERS = ("fc", "layer5")
+_DEPTH_BY_LAYOUT = {(block is Bottleneck, blocks[2]): depth for depth, (block, blocks) in RESNET_LAYOUTS.items()}
+_SHOWN_KEYS = 5
+
+
+class CheckpointMismatchError(ValueError):
+    """A weights file does not fit the model (class count, depth, heads or tensor shapes)."""
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Load a state dict from ``path``, unwrapping ``{"state_dict": ...}`` / ``{"model": ...}`` and
+    stripping a leading component shared by every key (``Scale.`` in the DeepLab init file,
+    ``module.`` from DataParallel) when that reveals the ResNet layout."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+    state = dict(obj)
+    if "conv1.weight" not in state and state:
+        prefixes = {k.split(".", 1)[0] for k in state}
+        if len(prefixes) == 1 and all("." in k for k in state):
+            stripped = {k.split(".", 1)[1]: v for k, v in state.items()}
+            if "conv1.weight" in stripped:
+                state = stripped
+    return state
+
+
+def _top(key: str) -> str:
+    return key.split(".", 1)[0]
+
+
+def _fmt(shape: torch.Size) -> str:
+    return "x".join(map(str, shape))
+
+
+def _first(keys: list[str]) -> str:
+    more = f" (+{len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
+    return ", ".join(keys[:_SHOWN_KEYS]) + more
+
+
+def _infer_depth(state: Mapping[str, Tensor]) -> int | None:
+    blocks = {k.split(".")[1] for k in state if k.startswith("layer3.")}
+    return _DEPTH_BY_LAYOUT.get(("layer3.0.conv3.weight" in state, len(blocks)))
+
+
+def infer_architecture(state_dict: Mapping[str, Tensor]) -> dict[str, int | bool]:
+    """``dict(num_classes, depth, multi_level)`` of a segmentation state dict (ours or the reference's,
+    e.g. from ``read_state_dict``), so a bare ``.pth`` can be rebuilt without a config.
+    The pre-processing is not stored in the file; reference files use ``caffe_bgr``."""
+    if _MAIN_HEAD_KEY not in state_dict:
+        raise CheckpointMismatchError(f"not a segmentation state dict: no {_MAIN_HEAD_KEY}")
+    depth = _infer_depth(state_dict)
+    if depth is None:
+        raise CheckpointMismatchError(
+            f"unrecognised backbone layout; supported depths: {sorted(RESNET_LAYOUTS)}")
+    return dict(num_classes=state_dict[_MAIN_HEAD_KEY].shape[0], depth=depth,
+                multi_level=any(_top(k) == "layer5" for k in state_dict))
+
+
+def _describe(model: DeepLabV2) -> str:
+    return (f"DeepLabV2(num_classes={model.num_classes}, depth={model.depth}, "
+            f"multi_level={model.multi_level})")
+
+
+def _check_and_load(model: DeepLabV2, state: dict[str, Tensor], expected: Mapping[str, Tensor],
+                    source: str) -> None:
+    """Load ``state`` into ``model`` iff its keys are exactly ``expected``'s (BN ``num_batches_tracked``
+    may be absent, as in PyTorch <= 0.4 files) and every shape agrees; otherwise raise."""
+    if _MAIN_HEAD_KEY in state and _MAIN_HEAD_KEY in expected:
+        theirs = state[_MAIN_HEAD_KEY].shape
+        if theirs[0] != expected[_MAIN_HEAD_KEY].shape[0]:
+            raise CheckpointMismatchError(
+                f"{source}: checkpoint has {theirs[0]} classes ({_MAIN_HEAD_KEY}: {_fmt(theirs)}), "
+                f"model has {model.num_classes}")
+    missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        depth = _infer_depth(state)
+        hint = f" (checkpoint backbone looks like depth {depth})" if depth not in (None, model.depth) else ""
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_first(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_first(unexpected)}")
+        raise CheckpointMismatchError(
+            f"{source} does not match {_describe(model)}{hint}; " + "; ".join(parts))
+    wrong = [f"{k}: checkpoint {_fmt(v.shape)} vs model {_fmt(expected[k].shape)}"
+             for k, v in state.items() if v.shape != expected[k].shape]
+    if wrong:
+        raise CheckpointMismatchError(f"{source}: shape mismatch: {_first(wrong)}")
+    model.load_state_dict(state, strict=False)  # keys verified above; backbone loads omit the heads
+
+
+def load_state_checked(model: DeepLabV2, state: dict[str, Tensor], source: str) -> str:
+    """Load a full segmentation state dict strictly, naming any mismatch."""
+    _check_and_load(model, state, model.state_dict(), source)
+    return f"full segmentation state dict from {source}"
+
+
+def load_reference_checkpoint(model: DeepLabV2, path: str | Path) -> str:
+    """Load a full segmentation state dict (released ADVENT/IntraDA ``.pth`` or ours), strictly."""
+    return load_state_checked(model, read_state_dict(path), str(path))
+
+
+def load_pretrained(model: DeepLabV2, path: str | Path | None) -> str:
+    """Initialise a fresh model from ``path`` and say what was loaded; the format is detected from keys.
+
+    - a segmentation state dict (has ``layer6.*``): strict full load;
+    - a ResNet ImageNet backbone: either torchvision's (``fc.*`` skipped; torchvision puts the stride
+      on the 3x3 conv, ours on the first 1x1, but the tensor shapes are identical) or the DeepLab init
+      file (``Scale.``-prefixed keys, its ``layer5`` classifier skipped as the reference does).
+      The backbone must match exactly; both heads keep their random init.
+    - ``None``: warn and keep the random init.
+    """
+    if path is None:
+        warnings.warn("no pretrained weights given: starting DeepLabV2 from random init",
+                      UserWarning, stacklevel=2)
+        return "random"
+    state = read_state_dict(path)
+    if any(_top(k) == "layer6" for k in state):
+        return load_state_checked(model, state, str(path))
+    skipped = sorted({_top(k) for k in state} & set(_INIT_CLASSIFIERS))
+    if "fc" in skipped and model.normalize.mode != "imagenet":
+        warnings.warn(f"{path} looks like torchvision ImageNet weights, which expect "
+                      f"preprocessing='imagenet'; the model uses {model.normalize.mode!r}",
+                      UserWarning, stacklevel=2)
+    backbone = {k: v for k, v in state.items() if _top(k) not in _INIT_CLASSIFIERS}
+    expected = {k: v for k, v in model.state_dict().items() if _top(k) not in HEAD_MODULES}
+    _check_and_load(model, backbone, expected, str(path))
+    dropped = f"; skipped {', '.join(skipped)}" if skipped else ""
+    return f"ImageNet backbone from {path}{dropped}; heads random"

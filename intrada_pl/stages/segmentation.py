@@ -1,0 +1,140 @@
+"""The segmentation base: evaluation shared by every stage, and source-only training."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from intrada_pl.data.labels import EVAL_SUBSETS, IGNORE_INDEX
+from intrada_pl.losses import segmentation_loss, upsample
+from intrada_pl.metrics import iou_report
+from intrada_pl.models.deeplabv2 import DeepLabV2
+from intrada_pl.models.weights import load_pretrained
+from intrada_pl.optim import poly_scheduler
+
+BNMode = Literal["reference", "frozen", "trainable"]
+
+
+class SegmentationEvalModule(L.LightningModule):
+    """Validation as in the reference: main head, logits upsampled (bilinear, align_corners) to
+    the label's full resolution, one confusion matrix over the whole split, IoU per class.
+
+    Subclasses provide ``segment(images) -> main-head logits``.
+    """
+
+    def __init__(self, num_classes: int = 19, eval_subsets: Sequence[str] = ("19",)) -> None:
+        super().__init__()
+        unknown = set(eval_subsets) - set(EVAL_SUBSETS)
+        if unknown:
+            raise ValueError(f"unknown eval subsets {sorted(unknown)}; choose from {sorted(EVAL_SUBSETS)}")
+        self.eval_subsets = tuple(eval_subsets)
+        self.confmat = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
+
+    def score_batch(self, batch: dict) -> Tensor:
+        """Accumulate one batch into the confusion matrix and return its full-resolution logits."""
+        labels = batch["label"]
+        logits = upsample(self.segment(batch["image"]), tuple(labels.shape[-2:]))
+        self.confmat.update(logits.argmax(1), labels)
+        return logits
+
+    def compute_report(self) -> dict:
+        """IoU report over everything scored since the last call (synchronised across ranks)."""
+        report = iou_report(self.confmat.compute().cpu(), self.eval_subsets)
+        self.confmat.reset()
+        return report
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.score_batch(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        report = self.compute_report()
+        metrics = {f"val/IoU/{name}": value for name, value in report["IoU"].items() if value is not None}
+        metrics.update({f"val/{key}": value for key, value in report.items() if key.startswith("mIoU") and value is not None})
+        self.log_dict(metrics, sync_dist=True)
+
+
+class SegmentationModule(SegmentationEvalModule):
+    """Source-only DeepLabv2 training (ADVENT's optimiser and schedule); every adaptation stage
+    extends it, so they share the model factory, the optimiser and the evaluation.
+
+    ``bn``: ``reference`` freezes the BN affine parameters but keeps batch statistics in
+    training, as the reference code does; ``frozen`` also uses the running statistics while
+    training; ``trainable`` trains everything.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 19,
+        depth: int = 101,
+        multi_level: bool = True,
+        preprocessing: str = "caffe_bgr",
+        pretrained: str | None = None,
+        bn: BNMode = "reference",
+        lr: float = 2.5e-4,
+        head_lr_mult: float = 10.0,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        poly_power: float = 0.9,
+        schedule_steps: int = 250_000,
+        lambda_seg_main: float = 1.0,
+        lambda_seg_aux: float = 0.1,
+        eval_subsets: Sequence[str] = ("19",),
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__(num_classes, eval_subsets)
+        self.save_hyperparameters()
+        self.model = DeepLabV2(num_classes, depth, multi_level, preprocessing)
+        if bn != "trainable":
+            self.model.freeze_bn_affine()
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and not getattr(self, "_pretrained_loaded", False):
+            load_pretrained(self.model, self.hparams.pretrained)
+            self._pretrained_loaded = True
+
+    def train(self, mode: bool = True) -> SegmentationModule:
+        super().train(mode)
+        if mode and self.hparams.bn == "frozen":
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    def segment(self, images: Tensor) -> Tensor:
+        return self.model(images)[1]
+
+    def supervised_loss(self, batch: dict, prefix: str) -> tuple[Tensor, dict[str, Tensor]]:
+        """``lambda_main * CE(main) + lambda_aux * CE(aux)`` on a labelled batch, with its parts."""
+        aux, main = self.model(batch["image"])
+        parts = {f"{prefix}/loss_seg_main": segmentation_loss(main, batch["label"])}
+        loss = self.hparams.lambda_seg_main * parts[f"{prefix}/loss_seg_main"]
+        if aux is not None:
+            parts[f"{prefix}/loss_seg_aux"] = segmentation_loss(aux, batch["label"])
+            loss = loss + self.hparams.lambda_seg_aux * parts[f"{prefix}/loss_seg_aux"]
+        return loss, parts
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss, parts = self.supervised_loss(batch["source"], "train")
+        self.log_dict(parts, prog_bar=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        return loss
+
+    def generator_param_groups(self) -> list[dict]:
+        """Backbone at ``lr``, both heads at ``head_lr_mult * lr``; each parameter once."""
+        hp = self.hparams
+        return [
+            {"params": self.model.backbone_parameters(), "lr": hp.lr},
+            {"params": self.model.head_parameters(), "lr": hp.lr * hp.head_lr_mult},
+        ]
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        optimizer = torch.optim.SGD(self.generator_param_groups(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        return {"optimizer": optimizer, "lr_scheduler": poly_scheduler(optimizer, hp.schedule_steps, hp.poly_power)}

@@ -1,0 +1,164 @@
+"""`intrada fit` then `intrada test` on toy data, through the real CLI, plus its bad-input errors."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from intrada_pl.cli import main
+from intrada_pl.data.labels import CITYSCAPES_ID_TO_TRAIN_ID
+from intrada_pl.models.deeplabv2 import DeepLabV2
+from intrada_pl.models.weights import CheckpointMismatchError
+
+
+def fit_config(toy_root, run_dir, **model_args) -> dict:
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 4,
+            "val_check_interval": 2,
+            "check_val_every_n_epoch": None,
+            "logger": False,
+            "enable_progress_bar": False,
+            "default_root_dir": str(run_dir),
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(run_dir / "checkpoints"), "monitor": "val/mIoU", "mode": "max", "filename": "best-{step}"},
+                },
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(run_dir / "checkpoints"), "save_last": "link"},
+                },
+            ],
+        },
+        "model": {
+            "class_path": "intrada_pl.stages.segmentation.SegmentationModule",
+            "init_args": {"depth": 18, "lr": 0.01, "schedule_steps": 4, **model_args},
+        },
+        "data": {
+            "class_path": "intrada_pl.data.datamodules.SourceTargetDataModule",
+            "init_args": {
+                "source_root": str(toy_root / "GTA5"),
+                "source_size": [64, 36],
+                "target_root": str(toy_root / "Cityscapes"),
+                "target_size": [64, 32],
+                "use_target": False,
+                "val_size": [64, 32],
+                "batch_size": 2,
+                "val_batch_size": 2,
+                "num_workers": 0,
+            },
+        },
+    }
+
+
+def test_config(toy_root) -> dict:
+    return {
+        "trainer": {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False},
+        "data": {"dataset": "cityscapes", "root": str(toy_root / "Cityscapes"), "split": "val", "size": [64, 32], "num_workers": 0},
+    }
+
+
+def write_yaml(path, content) -> str:
+    path.write_text(yaml.safe_dump(content))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained(toy_root, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("fit")
+    main(["fit", "--config", write_yaml(run_dir / "fit.yaml", fit_config(toy_root, run_dir))])
+    return run_dir
+
+
+def test_fit_writes_checkpoints_with_hyperparameters(trained):
+    last = trained / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    blob = torch.load(last, map_location="cpu", weights_only=False)
+    assert blob["global_step"] == 4
+    assert blob["hyper_parameters"]["depth"] == 18
+    assert any(key.startswith("model.layer6.") for key in blob["state_dict"])
+
+
+def test_test_writes_metrics_and_prediction_files(trained, toy_root, tmp_path):
+    out = tmp_path / "out"
+    cfg = write_yaml(tmp_path / "test.yaml", test_config(toy_root))
+    main(["test", "--config", cfg, "--ckpt", str(trained / "checkpoints" / "last.ckpt"), "--output", str(out), "--save_predictions"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["mIoU"] <= 100.0
+    assert set(metrics["IoU"]) >= {"road", "sky", "car"}
+    assert metrics["num_images"] == 4
+    label_files = sorted((out / "predictions" / "labelIds").rglob("*.png"))
+    color_files = sorted((out / "predictions" / "color").rglob("*.png"))
+    assert len(label_files) == len(color_files) == 4
+    assert label_files[0].name.endswith("_leftImg8bit.png")  # named like the input image
+    pred = cv2.imread(str(label_files[0]), cv2.IMREAD_UNCHANGED)
+    assert pred.shape == (64, 128)  # label resolution, not the 64x32 input
+    assert set(np.unique(pred)) <= set(CITYSCAPES_ID_TO_TRAIN_ID)  # label IDs, not train IDs
+    assert cv2.imread(str(color_files[0])).shape == (64, 128, 3)
+
+
+def test_ensemble_of_two_checkpoints(trained, toy_root, tmp_path):
+    out = tmp_path / "ens"
+    cfg = write_yaml(tmp_path / "test.yaml", test_config(toy_root))
+    ckpts = sorted((trained / "checkpoints").glob("*.ckpt"))
+    assert len(ckpts) >= 2
+    main(["test", "--config", cfg, "--ckpt", str(ckpts[0]), "--ckpt", str(ckpts[1]), "--output", str(out)])
+    assert json.loads((out / "metrics.json").read_text())["checkpoints"] == [str(ckpts[0]), str(ckpts[1])]
+
+
+def test_reference_state_dict_is_evaluated(toy_root, tmp_path):
+    path = tmp_path / "model_120000.pth"
+    torch.save(DeepLabV2(19, depth=18).state_dict(), path)
+    cfg = write_yaml(tmp_path / "test.yaml", test_config(toy_root))
+    main(["test", "--config", cfg, "--ckpt", str(path), "--output", str(tmp_path / "ref")])
+    assert (tmp_path / "ref" / "metrics.json").is_file()
+
+
+def test_checkpoint_with_other_class_count_is_refused(toy_root, tmp_path):
+    path = tmp_path / "sixteen.pth"
+    torch.save(DeepLabV2(16, depth=18).state_dict(), path)
+    cfg = write_yaml(tmp_path / "test.yaml", test_config(toy_root))
+    with pytest.raises(CheckpointMismatchError, match="16 classes"):
+        main(["test", "--config", cfg, "--ckpt", str(path)])
+
+
+def test_missing_dataset_root_names_the_layout(toy_root, tmp_path):
+    config = fit_config(toy_root, tmp_path)
+    config["data"]["init_args"]["source_root"] = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="images/"):
+        main(["fit", "--config", write_yaml(tmp_path / "fit.yaml", config)])
+
+
+def test_empty_dataset_is_refused(toy_root, tmp_path):
+    empty = tmp_path / "empty_gta"
+    (empty / "images").mkdir(parents=True)
+    (empty / "labels").mkdir()
+    config = fit_config(toy_root, tmp_path)
+    config["data"]["init_args"]["source_root"] = str(empty)
+    with pytest.raises(FileNotFoundError, match="no images"):
+        main(["fit", "--config", write_yaml(tmp_path / "fit.yaml", config)])
+
+
+def test_inspect_command_prints_json(toy_root, capsys):
+    main(["inspect", "cityscapes", str(toy_root / "Cityscapes"), "--split", "val", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["num_images"] == 4
+    assert len(report["class_pixels"]) == 19
+    assert sum(report["class_pixels"]) + report["ignored_pixels"] == 4 * 128 * 64
+    assert report["problems"] == []
+
+
+def test_toy_data_command_writes_both_layouts(tmp_path, capsys):
+    main(["toy-data", str(tmp_path / "toy"), "--source-images", "2", "--target-train", "2", "--target-val", "1"])
+    assert len(list((tmp_path / "toy" / "GTA5" / "labels").glob("*.png"))) == 2
+    assert len(list((tmp_path / "toy" / "Cityscapes" / "gtFine" / "val").rglob("*_gtFine_labelIds.png"))) == 1
+    assert "toy_meta.json" in capsys.readouterr().out
