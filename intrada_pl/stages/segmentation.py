@@ -51,6 +51,12 @@ class SegmentationEvalModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.score_batch(batch)
 
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Main-head logits upsampled to the input size, with the image names (what the entropy
+        ranking consumes; callbacks turn them into compact per-image results)."""
+        images = batch["image"]
+        return {"name": batch["name"], "logits": upsample(self.segment(images), tuple(images.shape[-2:]))}
+
     def on_validation_epoch_end(self) -> None:
         report = self.compute_report()
         metrics = {f"val/IoU/{name}": value for name, value in report["IoU"].items() if value is not None}
