@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from intrada_pl.data.labels import EVAL_SUBSETS, IGNORE_INDEX
 from intrada_pl.losses import segmentation_loss, upsample
 from intrada_pl.metrics import iou_report
-from intrada_pl.models.deeplabv2 import DeepLabV2
+from intrada_pl.models.deeplabv2 import DeepLabV2, reference_lr_multiplicity
 from intrada_pl.models.weights import load_pretrained
 from intrada_pl.optim import poly_scheduler
 
@@ -71,6 +71,16 @@ class SegmentationModule(SegmentationEvalModule):
     ``bn``: ``reference`` freezes the BN affine parameters but keeps batch statistics in
     training, as the reference code does; ``frozen`` also uses the running statistics while
     training; ``trainable`` trains everything.
+
+    ``reference_lr_duplication``: the reference optimiser lists backbone parameters 3-4 times
+    (REFERENCE A1), which multiplies their effective learning rate; by default each parameter
+    appears once, this option puts them in groups at ``multiplicity * lr`` to match the
+    reference's effective rates (its first SGD step exactly; it does not replay PyTorch 0.4's
+    repeated momentum updates).
+
+    ``sync_bn_stats``: under DDP, BN running statistics (updated from each rank's own batch) are
+    averaged across ranks after every step, so every rank holds, and checkpoints store, the same
+    model. One all-reduce of ~0.1M floats per step.
     """
 
     def __init__(
@@ -91,6 +101,8 @@ class SegmentationModule(SegmentationEvalModule):
         lambda_seg_aux: float = 0.1,
         eval_subsets: Sequence[str] = ("19",),
         channels_last: bool = False,
+        reference_lr_duplication: bool = False,
+        sync_bn_stats: bool = True,
     ) -> None:
         super().__init__(num_classes, eval_subsets)
         self.save_hyperparameters()
@@ -118,11 +130,14 @@ class SegmentationModule(SegmentationEvalModule):
 
     def supervised_loss(self, batch: dict, prefix: str) -> tuple[Tensor, dict[str, Tensor]]:
         """``lambda_main * CE(main) + lambda_aux * CE(aux)`` on a labelled batch, with its parts."""
-        aux, main = self.model(batch["image"])
-        parts = {f"{prefix}/loss_seg_main": segmentation_loss(main, batch["label"])}
+        return self.supervised_terms(*self.model(batch["image"]), batch["label"], prefix)
+
+    def supervised_terms(self, aux: Tensor | None, main: Tensor, labels: Tensor, prefix: str) -> tuple[Tensor, dict[str, Tensor]]:
+        """The supervised objective from already computed logits (adaptation stages reuse the forward)."""
+        parts = {f"{prefix}/loss_seg_main": segmentation_loss(main, labels)}
         loss = self.hparams.lambda_seg_main * parts[f"{prefix}/loss_seg_main"]
         if aux is not None:
-            parts[f"{prefix}/loss_seg_aux"] = segmentation_loss(aux, batch["label"])
+            parts[f"{prefix}/loss_seg_aux"] = segmentation_loss(aux, labels)
             loss = loss + self.hparams.lambda_seg_aux * parts[f"{prefix}/loss_seg_aux"]
         return loss, parts
 
@@ -132,15 +147,44 @@ class SegmentationModule(SegmentationEvalModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.hparams.sync_bn_stats and self.trainer.world_size > 1:
+            average_bn_statistics(self.model, self.trainer.strategy)
+
     def generator_param_groups(self) -> list[dict]:
         """Backbone at ``lr``, both heads at ``head_lr_mult * lr``; each parameter once."""
         hp = self.hparams
-        return [
-            {"params": self.model.backbone_parameters(), "lr": hp.lr},
-            {"params": self.model.head_parameters(), "lr": hp.lr * hp.head_lr_mult},
-        ]
+        heads = {"params": self.model.head_parameters(), "lr": hp.lr * hp.head_lr_mult}
+        if not hp.reference_lr_duplication:
+            return [{"params": self.model.backbone_parameters(), "lr": hp.lr}, heads]
+        by_count: dict[int, list[nn.Parameter]] = {}
+        named = dict(self.model.named_parameters())
+        for name, count in reference_lr_multiplicity(self.model).items():
+            by_count.setdefault(count, []).append(named[name])
+        return [{"params": params, "lr": hp.lr * count} for count, params in sorted(by_count.items())] + [heads]
+
+    def poly(self, optimizer: torch.optim.Optimizer) -> dict:
+        """This stage's poly schedule for ``optimizer``."""
+        return poly_scheduler(optimizer, self.hparams.schedule_steps, self.hparams.poly_power)
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         optimizer = torch.optim.SGD(self.generator_param_groups(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        return {"optimizer": optimizer, "lr_scheduler": poly_scheduler(optimizer, hp.schedule_steps, hp.poly_power)}
+        return {"optimizer": optimizer, "lr_scheduler": self.poly(optimizer)}
+
+
+def average_bn_statistics(module: nn.Module, strategy: Any) -> None:
+    """Average BatchNorm running statistics across ranks in one collective."""
+    buffers = [
+        buf
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        for buf in (m.running_mean, m.running_var)
+    ]
+    if not buffers:
+        return
+    flat = strategy.reduce(torch.cat([b.detach().flatten().float() for b in buffers]), reduce_op="mean")
+    offset = 0
+    for buf in buffers:
+        buf.copy_(flat[offset : offset + buf.numel()].view_as(buf))
+        offset += buf.numel()

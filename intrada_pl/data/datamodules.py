@@ -1,0 +1,151 @@
+"""LightningDataModules: which datasets feed which stage, at which size.
+
+Datasets are named by registry key (``gta5``, ``synthia``, ``synscapes``, ``cityscapes``, ...) or
+by a dotted class path to any ``SegmentationDataset`` subclass, so a new dataset plugs in from
+YAML without touching this file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from intrada_pl.data.datasets import build_dataset
+from intrada_pl.data.transforms import SegmentationTransform, Size
+
+
+def make_loader(dataset: Dataset, batch_size: int, num_workers: int, train: bool) -> DataLoader:
+    """Training loaders shuffle, drop the ragged last batch and are *stateful*: their position and
+    shuffling state go into checkpoints, so a resumed run sees exactly the batches an
+    uninterrupted one would. Evaluation loaders keep the dataset's order."""
+    loader_class = StatefulDataLoader if train else DataLoader
+    return loader_class(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+    )
+
+
+class SourceTargetDataModule(L.LightningDataModule):
+    """Labelled source + unlabelled target for training, the target's labelled split for validation.
+
+    Training batches are ``{"source": batch, "target": batch}`` (Lightning's CombinedLoader in
+    ``max_size_cycle`` mode: an epoch is one pass over the source, the target cycles), each batch
+    ``{"image": uint8 Bx3xHxW, "label": long BxHxW (255 = ignore), "name": list[str]}``.
+    Defaults follow ADVENT: GTA5 resized to 1280x720, Cityscapes to 1024x512, no crop, no flip,
+    validation images at 1024x512 with labels kept at full resolution.
+    """
+
+    def __init__(
+        self,
+        source: str = "gta5",
+        source_root: str = "data/GTA5",
+        source_list: str | None = None,
+        source_size: Size | None = (1280, 720),
+        source_options: dict[str, Any] | None = None,
+        target: str = "cityscapes",
+        target_root: str = "data/Cityscapes",
+        target_list: str | None = None,
+        target_split: str = "train",
+        target_size: Size | None = (1024, 512),
+        target_options: dict[str, Any] | None = None,
+        use_target: bool = True,
+        val_split: str = "val",
+        val_list: str | None = None,
+        val_size: Size | None = (1024, 512),
+        scale_range: tuple[float, float] | None = None,
+        crop_size: Size | None = None,
+        hflip: bool = False,
+        batch_size: int = 1,
+        val_batch_size: int = 1,
+        num_workers: int = 4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+    def _train_transform(self, size: Size | None) -> SegmentationTransform:
+        hp = self.hparams
+        return SegmentationTransform(size, scale_range=hp.scale_range, crop_size=hp.crop_size, hflip=hp.hflip)
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        target_options = hp.target_options or {}
+        if stage == "fit":
+            self.source_set = build_dataset(
+                hp.source, hp.source_root, list_file=hp.source_list, **(hp.source_options or {})
+            )
+            self.source_set.transform = self._train_transform(hp.source_size)
+            if hp.use_target:
+                self.target_set = build_dataset(
+                    hp.target,
+                    hp.target_root,
+                    split=hp.target_split,
+                    list_file=hp.target_list,
+                    with_labels=False,
+                    **target_options,
+                )
+                self.target_set.transform = self._train_transform(hp.target_size)
+        if stage in ("fit", "validate"):
+            self.val_set = build_dataset(hp.target, hp.target_root, split=hp.val_split, list_file=hp.val_list, **target_options)
+            self.val_set.transform = SegmentationTransform(hp.val_size, resize_label=False)
+
+    def train_dataloader(self) -> dict[str, DataLoader]:
+        hp = self.hparams
+        loaders = {"source": make_loader(self.source_set, hp.batch_size, hp.num_workers, train=True)}
+        if hp.use_target:
+            loaders["target"] = make_loader(self.target_set, hp.batch_size, hp.num_workers, train=True)
+        return loaders
+
+    def val_dataloader(self) -> DataLoader:
+        return make_loader(self.val_set, self.hparams.val_batch_size, self.hparams.num_workers, train=False)
+
+
+class TargetDataModule(L.LightningDataModule):
+    """One dataset split for evaluation (``test``) or inference (``predict``, e.g. the entropy ranking).
+
+    Images are resized to ``size``; labels stay at full resolution so scores are taken at the
+    ground truth's resolution, as in the reference evaluation.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "cityscapes",
+        root: str = "data/Cityscapes",
+        split: str = "val",
+        list_file: str | None = None,
+        size: Size | None = (1024, 512),
+        with_labels: bool = True,
+        options: dict[str, Any] | None = None,
+        batch_size: int = 1,
+        num_workers: int = 4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        with_labels = hp.with_labels and stage != "predict"
+        self.dataset = build_dataset(
+            hp.dataset, hp.root, split=hp.split, list_file=hp.list_file, with_labels=with_labels, **(hp.options or {})
+        )
+        self.dataset.transform = SegmentationTransform(hp.size, resize_label=False)
+
+    def _loader(self) -> DataLoader:
+        return make_loader(self.dataset, self.hparams.batch_size, self.hparams.num_workers, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader()
