@@ -123,7 +123,7 @@ def main(args: Sequence[str] | None = None) -> None:
     if command == "inspect":
         return inspect_main(args[1:])
     if command == "test":
-        EvaluationCLI(Evaluator, TargetDataModule, save_config_kwargs={"overwrite": True}, args=_repeatable_ckpt(args))
+        EvaluationCLI(Evaluator, TargetDataModule, save_config_callback=None, args=_repeatable_ckpt(args))
         return
     TrainingCLI(
         SegmentationEvalModule,
