@@ -6,7 +6,7 @@ DEMO_DATA ?= data/toy
 DEMO_RUNS ?= runs/demo
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install test demo clean-demo
+.PHONY: install test demo clean-demo rank
 
 install: $(VENV)/.installed
 
@@ -32,3 +32,12 @@ demo: install $(DEMO_DATA)/toy_meta.json
 
 clean-demo:
 	rm -rf $(DEMO_RUNS)
+
+# Stage 2, entropy ranking (configs/rank_gta5.yaml): writes runs/rank_gta5/ranking/ (or OUT/ranking/),
+# where the intra-domain stage reads it.
+rank: install
+	@test -n "$(CKPT)" || { echo "usage: make rank CKPT=INTER_CKPT [LAMBDA=0.67] [DATA=data/Cityscapes] [CONFIG=configs/rank_gta5.yaml] [OUT=runs/rank_gta5]"; exit 2; }
+	$(BIN)/intrada predict --config $(or $(CONFIG),configs/rank_gta5.yaml) --ckpt_path $(CKPT) \
+		$(if $(LAMBDA),--trainer.callbacks.init_args.lambda_ $(LAMBDA)) \
+		$(if $(DATA),--data.init_args.root $(DATA)) \
+		$(if $(OUT),--trainer.callbacks.init_args.output_dir $(OUT) --trainer.default_root_dir $(OUT))

@@ -19,11 +19,12 @@ from collections.abc import Sequence  # noqa: E402
 
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
+from intrada_pl.io import write_json  # noqa: E402
+
 # Imported so that short class names (``SegmentationModule``, ``SourceTargetDataModule``) resolve in configs.
 from intrada_pl.data import datamodules  # noqa: E402,F401
-from intrada_pl.data.datamodules import TargetDataModule  # noqa: E402
-from intrada_pl.stages import segmentation  # noqa: E402,F401
-from intrada_pl.stages.evaluation import Evaluator  # noqa: E402
+from intrada_pl.stages import calibration, segmentation  # noqa: E402,F401
+from intrada_pl.stages.evaluation import EvaluationDataModule, Evaluator, format_results_table, strength_grid  # noqa: E402
 from intrada_pl.stages.segmentation import SegmentationEvalModule  # noqa: E402
 
 USAGE = """usage: intrada COMMAND [options]
@@ -34,6 +35,9 @@ commands:
   predict    run a stage's prediction: intrada predict --config CFG --ckpt_path CKPT
   test       evaluate checkpoints:     intrada test --config configs/test_cityscapes.yaml --ckpt PATH [--ckpt PATH2]
                                          [--data.root DIR] [--output OUT] [--save_predictions]
+                                         [--calibration METHOD ...] [--strength M] (test-time methods side by side)
+  calibrate-grid  manual strength grid: intrada calibrate-grid --config configs/test_cityscapes.yaml --ckpt PATH
+                                         [--strengths 0,0.1,...,1]   (mIoU/ECE per m -> OUT/grid.json)
   toy-data   write the demo data:      intrada toy-data OUT
   inspect    check a dataset on disk:  intrada inspect {gta5,synthia,synscapes,cityscapes,...} ROOT [--split S] [--json]
 
@@ -50,7 +54,7 @@ class TrainingCLI(LightningCLI):
 
 
 class EvaluationCLI(LightningCLI):
-    """``intrada test``: the Evaluator on a TargetDataModule, with short flags for the common options."""
+    """``intrada test``: the Evaluator on one or several targets, with short flags for the common options."""
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -63,16 +67,30 @@ class EvaluationCLI(LightningCLI):
         parser.link_arguments("ckpt", "model.checkpoints")
         parser.link_arguments("output", "model.output_dir")
         parser.link_arguments("save_predictions", "model.save_predictions")
+        parser.add_argument(
+            "--calibration", type=list[str], default=[],
+            help="test-time method(s): none, manual[@M], bn_adapt, instcal_u, instcal_c, tent, instcal_u+tent, instcal_c+tent; repeat to compare",
+        )
+        parser.add_argument("--strength", type=float, default=0.1, help="m of a plain 'manual' method")
+        parser.add_argument("--strengths", type=list[float], default=[], help="adds manual@M for each M (comma-separated)")
+        parser.link_arguments(
+            ("calibration", "strengths"), "model.calibrations", compute_fn=lambda methods, ms: [*methods, *(f"manual@{m:g}" for m in ms)]
+        )
+        parser.link_arguments("strength", "model.strength")
 
 
 def _repeatable_ckpt(args: list[str]) -> list[str]:
-    """``--ckpt a --ckpt b`` -> ``--ckpt+ a --ckpt+ b`` (jsonargparse's list-append syntax)."""
+    """``--ckpt a --ckpt b`` -> ``--ckpt+ a --ckpt+ b`` (jsonargparse's list-append syntax), the same
+    for ``--calibration``; ``--strengths 0,0.5`` -> ``--strengths [0,0.5]``."""
     out = []
     for arg in args:
-        if arg == "--ckpt":
-            out.append("--ckpt+")
-        elif arg.startswith("--ckpt="):
-            out.append("--ckpt+=" + arg.split("=", 1)[1])
+        flag, eq, value = arg.partition("=")
+        if flag in ("--ckpt", "--calibration"):
+            out.append(f"{flag}+{eq}{value}")
+        elif flag == "--strengths" and eq and not value.startswith("["):
+            out.append(f"--strengths=[{value}]")
+        elif out and out[-1] == "--strengths" and not arg.startswith("["):
+            out.append(f"[{arg}]")
         elif arg == "--save_predictions":
             out.append("--save_predictions=true")
         else:
@@ -112,6 +130,17 @@ def inspect_main(args: Sequence[str]) -> None:
     print(json.dumps(report, indent=2) if ns.json else format_report(report))
 
 
+def calibrate_grid_main(args: Sequence[str]) -> None:
+    """``intrada test`` over manual strengths m (``--strengths``, default 0, 0.1, ..., 1), then the
+    mIoU / ECE per m and the best m of every target in ``OUT/grid.json``."""
+    default = ["--strengths", "[" + ",".join(f"{m / 10:g}" for m in range(11)) + "]"]
+    cli = EvaluationCLI(Evaluator, EvaluationDataModule, save_config_callback=None, args=_repeatable_ckpt(["test", *default, *args]))
+    if cli.trainer.is_global_zero:
+        path = write_json(cli.model.output / "grid.json", strength_grid(cli.model.results))
+        print(format_results_table(cli.model.results))
+        print(f"manual strength grid written to {path}")
+
+
 def main(args: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if args is None else args)
     command = args[0] if args else None
@@ -123,8 +152,10 @@ def main(args: Sequence[str] | None = None) -> None:
     if command == "inspect":
         return inspect_main(args[1:])
     if command == "test":
-        EvaluationCLI(Evaluator, TargetDataModule, save_config_callback=None, args=_repeatable_ckpt(args))
+        EvaluationCLI(Evaluator, EvaluationDataModule, save_config_callback=None, args=_repeatable_ckpt(args))
         return
+    if command == "calibrate-grid":
+        return calibrate_grid_main(args[1:])
     TrainingCLI(
         SegmentationEvalModule,
         subclass_mode_model=True,

@@ -8,68 +8,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from intrada_pl.cli import main
 from intrada_pl.data.labels import CITYSCAPES_ID_TO_TRAIN_ID
 from intrada_pl.models.deeplabv2 import DeepLabV2
 from intrada_pl.models.weights import CheckpointMismatchError
-
-
-def fit_config(toy_root, run_dir, **model_args) -> dict:
-    return {
-        "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "max_steps": 4,
-            "val_check_interval": 2,
-            "check_val_every_n_epoch": None,
-            "logger": False,
-            "enable_progress_bar": False,
-            "default_root_dir": str(run_dir),
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"dirpath": str(run_dir / "checkpoints"), "monitor": "val/mIoU", "mode": "max", "filename": "best-{step}"},
-                },
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"dirpath": str(run_dir / "checkpoints"), "save_last": "link"},
-                },
-            ],
-        },
-        "model": {
-            "class_path": "intrada_pl.stages.segmentation.SegmentationModule",
-            "init_args": {"depth": 18, "lr": 0.01, "schedule_steps": 4, **model_args},
-        },
-        "data": {
-            "class_path": "intrada_pl.data.datamodules.SourceTargetDataModule",
-            "init_args": {
-                "source_root": str(toy_root / "GTA5"),
-                "source_size": [64, 36],
-                "target_root": str(toy_root / "Cityscapes"),
-                "target_size": [64, 32],
-                "use_target": False,
-                "val_size": [64, 32],
-                "batch_size": 2,
-                "val_batch_size": 2,
-                "num_workers": 0,
-            },
-        },
-    }
-
-
-def test_config(toy_root) -> dict:
-    return {
-        "trainer": {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False},
-        "data": {"dataset": "cityscapes", "root": str(toy_root / "Cityscapes"), "split": "val", "size": [64, 32], "num_workers": 0},
-    }
-
-
-def write_yaml(path, content) -> str:
-    path.write_text(yaml.safe_dump(content))
-    return str(path)
+from helpers import eval_config, fit_config, write_yaml
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +34,7 @@ def test_fit_writes_checkpoints_with_hyperparameters(trained):
 
 def test_test_writes_metrics_and_prediction_files(trained, toy_root, tmp_path):
     out = tmp_path / "out"
-    cfg = write_yaml(tmp_path / "test.yaml", test_config(toy_root))
+    cfg = write_yaml(tmp_path / "test.yaml", eval_config(toy_root))
     main(["test", "--config", cfg, "--ckpt", str(trained / "checkpoints" / "last.ckpt"), "--output", str(out), "--save_predictions"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["mIoU"] <= 100.0
@@ -108,7 +52,7 @@ def test_test_writes_metrics_and_prediction_files(trained, toy_root, tmp_path):
 
 def test_ensemble_of_two_checkpoints(trained, toy_root, tmp_path):
     out = tmp_path / "ens"
-    cfg = write_yaml(tmp_path / "test.yaml", test_config(toy_root))
+    cfg = write_yaml(tmp_path / "test.yaml", eval_config(toy_root))
     ckpts = sorted((trained / "checkpoints").glob("*.ckpt"))
     assert len(ckpts) >= 2
     main(["test", "--config", cfg, "--ckpt", str(ckpts[0]), "--ckpt", str(ckpts[1]), "--output", str(out)])
@@ -118,7 +62,7 @@ def test_ensemble_of_two_checkpoints(trained, toy_root, tmp_path):
 def test_reference_state_dict_is_evaluated(toy_root, tmp_path):
     path = tmp_path / "model_120000.pth"
     torch.save(DeepLabV2(19, depth=18).state_dict(), path)
-    cfg = write_yaml(tmp_path / "test.yaml", test_config(toy_root))
+    cfg = write_yaml(tmp_path / "test.yaml", eval_config(toy_root))
     main(["test", "--config", cfg, "--ckpt", str(path), "--output", str(tmp_path / "ref")])
     assert (tmp_path / "ref" / "metrics.json").is_file()
 
@@ -126,7 +70,7 @@ def test_reference_state_dict_is_evaluated(toy_root, tmp_path):
 def test_checkpoint_with_other_class_count_is_refused(toy_root, tmp_path):
     path = tmp_path / "sixteen.pth"
     torch.save(DeepLabV2(16, depth=18).state_dict(), path)
-    cfg = write_yaml(tmp_path / "test.yaml", test_config(toy_root))
+    cfg = write_yaml(tmp_path / "test.yaml", eval_config(toy_root))
     with pytest.raises(CheckpointMismatchError, match="16 classes"):
         main(["test", "--config", cfg, "--ckpt", str(path)])
 

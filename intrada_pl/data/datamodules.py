@@ -7,6 +7,7 @@ YAML without touching this file.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -14,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from intrada_pl.data.datasets import build_dataset
+from intrada_pl.data.datasets import SegmentationDataset, _resize_nearest, build_dataset, read_index_png
 from intrada_pl.data.transforms import SegmentationTransform, Size
 
 
@@ -149,3 +150,108 @@ class TargetDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader()
+
+
+def pseudo_label_path(label_dir: str | Path, name: str) -> Path:
+    """Where the entropy ranking puts the pseudo-label of image ``name``: the same relative path
+    with a ``.png`` extension (``aachen/aachen_000000_000019_leftImg8bit.png`` stays as it is)."""
+    return Path(label_dir) / Path(name).with_suffix(".png")
+
+
+class PseudoLabelledDataset(Dataset):
+    """A dataset's images paired with pseudo-label PNGs (train IDs) in ``label_dir``; items as
+    every dataset's, ``{"image", "label", "name"}``. Refuses images without a pseudo-label."""
+
+    def __init__(self, images: SegmentationDataset, label_dir: str | Path, transform: SegmentationTransform) -> None:
+        self.images, self.label_dir, self.transform = images, Path(label_dir), transform
+        missing = [name for name in images.names if not pseudo_label_path(label_dir, name).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(images)} images have no pseudo-label under {label_dir}; first: "
+                f"{pseudo_label_path(label_dir, missing[0])}. Re-run the entropy ranking (make rank CKPT=...)."
+            )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        name = self.images.names[i]
+        image = self.images.read_image(i)
+        label = read_index_png(pseudo_label_path(self.label_dir, name))
+        if label.shape != image.shape[:2]:  # ranked at 1024x512: back to the image grid, so crops/flips stay aligned
+            label = _resize_nearest(label, image.shape[:2])
+        out = self.transform(image=image, mask=label)
+        return {"image": out["image"], "label": out["mask"], "name": name}
+
+
+class SplitDataModule(L.LightningDataModule):
+    """The intra-domain stage's data (IntraDA, REFERENCE A4), read from the entropy ranking's output.
+
+    ``ranking_dir`` holds ``easy.txt``, ``hard.txt`` and ``pseudo_labels/`` (see
+    :mod:`intrada_pl.stages.ranking`); the images come from the dataset they were ranked on
+    (``dataset``, ``root``, ``split``). Training batches are ``{"source": easy images with their
+    pseudo-labels, "target": hard images}`` in :class:`SourceTargetDataModule`'s item format, both
+    at 1024x512 by default as in the reference; validation is the dataset's ``val_split``. A
+    manifest naming missing images or pseudo-labels is refused. An empty ``hard.txt``
+    (``lambda_`` 1.0) leaves the "source" side alone: plain self-training on pseudo-labels.
+    """
+
+    def __init__(
+        self,
+        ranking_dir: str = "runs/rank_gta5/ranking",
+        dataset: str = "cityscapes",
+        root: str = "data/Cityscapes",
+        split: str = "train",
+        size: Size | None = (1024, 512),
+        options: dict[str, Any] | None = None,
+        val_split: str = "val",
+        val_list: str | None = None,
+        val_size: Size | None = (1024, 512),
+        scale_range: tuple[float, float] | None = None,
+        crop_size: Size | None = None,
+        hflip: bool = False,
+        batch_size: int = 1,
+        val_batch_size: int = 1,
+        num_workers: int = 4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.target_set: SegmentationDataset | None = None
+
+    def _manifest(self, filename: str) -> Path:
+        path = Path(self.hparams.ranking_dir) / filename
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"ranking manifest {path} not found: run the entropy ranking first (make rank CKPT=...) "
+                "or point data.init_args.ranking_dir at its ranking/ folder"
+            )
+        return path
+
+    def _images(self, list_file: Path) -> SegmentationDataset:
+        hp = self.hparams
+        return build_dataset(hp.dataset, hp.root, split=hp.split, list_file=list_file, with_labels=False, **(hp.options or {}))
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        if stage == "fit":
+            transform = SegmentationTransform(hp.size, scale_range=hp.scale_range, crop_size=hp.crop_size, hflip=hp.hflip)
+            easy, hard = self._manifest("easy.txt"), self._manifest("hard.txt")
+            if not easy.read_text().strip():
+                raise ValueError(f"{easy} lists no image (int(N * lambda_) was 0): re-run the ranking with a larger lambda_")
+            self.source_set = PseudoLabelledDataset(self._images(easy), Path(hp.ranking_dir) / "pseudo_labels", transform)
+            if hard.read_text().strip():
+                self.target_set = self._images(hard)
+                self.target_set.transform = transform
+        if stage in ("fit", "validate"):
+            self.val_set = build_dataset(hp.dataset, hp.root, split=hp.val_split, list_file=hp.val_list, **(hp.options or {}))
+            self.val_set.transform = SegmentationTransform(hp.val_size, resize_label=False)
+
+    def train_dataloader(self) -> dict[str, DataLoader]:
+        hp = self.hparams
+        loaders = {"source": make_loader(self.source_set, hp.batch_size, hp.num_workers, train=True)}
+        if self.target_set is not None:
+            loaders["target"] = make_loader(self.target_set, hp.batch_size, hp.num_workers, train=True)
+        return loaders
+
+    def val_dataloader(self) -> DataLoader:
+        return make_loader(self.val_set, self.hparams.val_batch_size, self.hparams.num_workers, train=False)

@@ -28,11 +28,25 @@ class CheckpointMismatchError(ValueError):
     """A weights file does not fit the model (class count, depth, heads or tensor shapes)."""
 
 
+LIGHTNING_SEGMENTER_PREFIX = "model."
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Load a state dict from ``path``, unwrapping ``{"state_dict": ...}`` / ``{"model": ...}`` and
-    stripping a leading component shared by every key (``Scale.`` in the DeepLab init file,
-    ``module.`` from DataParallel) when that reveals the ResNet layout."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    """Load the DeepLabV2 state dict stored in ``path`` (see :func:`unwrap_state_dict`)."""
+    return unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def unwrap_state_dict(obj: Mapping) -> dict[str, Tensor]:
+    """The segmenter's state dict inside a loaded file.
+
+    A Lightning checkpoint of any stage keeps the segmenter under ``model.`` (discriminators and
+    other parts beside it are dropped); otherwise ``{"state_dict": ...}`` / ``{"model": ...}``
+    wrappers are unwrapped and a leading component shared by every key (``Scale.`` in the
+    DeepLab init file, ``module.`` from DataParallel) is stripped when that reveals the ResNet
+    layout."""
+    if "pytorch-lightning_version" in obj and isinstance(obj.get("state_dict"), Mapping):
+        n = len(LIGHTNING_SEGMENTER_PREFIX)
+        return {k[n:]: v for k, v in obj["state_dict"].items() if k.startswith(LIGHTNING_SEGMENTER_PREFIX)}
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]

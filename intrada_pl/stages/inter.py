@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
 
 from intrada_pl.losses import adversarial_loss, entropy_loss, self_information, upsample
@@ -50,6 +51,17 @@ class InterDomainModule(SegmentationModule):
             self.d_main = FCDiscriminator(num_classes, ndf)
             if self.hparams.multi_level:
                 self.d_aux = FCDiscriminator(num_classes, ndf)
+
+    def setup(self, stage: str) -> None:
+        """Under DDP, the generator's backward leaves the frozen discriminators without gradients
+        and the discriminators' backward leaves the generator without any, so DDP must expect
+        unused parameters: we switch that on for plain ``--trainer.strategy ddp`` too (Lightning
+        2.6 has no multi-model DDP strategy). Everything stays one DDP module, so gradients of G
+        and D are all-reduced with DDP's overlapped buckets."""
+        super().setup(stage)
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters"):
+            strategy._ddp_kwargs["find_unused_parameters"] = True
 
     # --- losses ---------------------------------------------------------------------------
     def discriminator(self, level: str) -> FCDiscriminator:

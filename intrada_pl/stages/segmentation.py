@@ -48,8 +48,8 @@ class SegmentationEvalModule(L.LightningModule):
         self.confmat.reset()
         return report
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.score_batch(batch)
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        return {"logits": self.score_batch(batch)}
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Main-head logits upsampled to the input size, with the image names (what the entropy
@@ -58,7 +58,7 @@ class SegmentationEvalModule(L.LightningModule):
         return {"name": batch["name"], "logits": upsample(self.segment(images), tuple(images.shape[-2:]))}
 
     def on_validation_epoch_end(self) -> None:
-        report = self.compute_report()
+        report = self.last_report = self.compute_report()
         metrics = {f"val/IoU/{name}": value for name, value in report["IoU"].items() if value is not None}
         metrics.update({f"val/{key}": value for key, value in report.items() if key.startswith("mIoU") and value is not None})
         self.log_dict(metrics, sync_dist=True)

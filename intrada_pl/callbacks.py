@@ -1,0 +1,99 @@
+"""Dashboards: validation image panels and the per-class IoU table (W&B; TensorBoard as fallback)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+from intrada_pl.data.labels import CLASS_NAMES, IGNORE_INDEX, colorize
+from intrada_pl.losses import normalized_entropy
+
+CLASS_LABELS = {**dict(enumerate(CLASS_NAMES)), IGNORE_INDEX: "ignore"}
+
+
+class SegmentationPanels(Callback):
+    """Every ``every_n_validations`` validations, log for the first ``num_images`` validation
+    images a panel of input, ground truth, prediction (masks carry class names in W&B) and the
+    normalised entropy map, plus the per-class IoU table of that validation.
+    """
+
+    def __init__(self, every_n_validations: int = 1, num_images: int = 4) -> None:
+        if every_n_validations < 1 or num_images < 1:
+            raise ValueError("every_n_validations and num_images must be >= 1")
+        self.every_n_validations = every_n_validations
+        self.num_images = num_images
+        self.validations = 0
+        self.rows: list[dict[str, np.ndarray]] = []
+
+    def _active(self, trainer: Trainer) -> bool:
+        return not trainer.sanity_checking and trainer.is_global_zero and self.validations % self.every_n_validations == 0
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.rows = []
+
+    @torch.inference_mode()
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not self._active(trainer) or len(self.rows) >= self.num_images or not isinstance(outputs, dict):
+            return
+        logits = outputs["logits"]
+        predictions = logits.argmax(1).byte().cpu().numpy()
+        entropy = normalized_entropy(logits).cpu().numpy()
+        for i in range(min(len(predictions), self.num_images - len(self.rows))):
+            image = batch["image"][i].permute(1, 2, 0).cpu().numpy().astype(np.uint8)
+            size = (image.shape[1], image.shape[0])
+            self.rows.append(
+                {
+                    "image": image,
+                    "label": cv2.resize(batch["label"][i].cpu().numpy().astype(np.uint8), size, interpolation=cv2.INTER_NEAREST),
+                    "prediction": cv2.resize(predictions[i], size, interpolation=cv2.INTER_NEAREST),
+                    "entropy": cv2.resize(entropy[i], size, interpolation=cv2.INTER_AREA),
+                    "name": batch["name"][i],
+                }
+            )
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        active = self._active(trainer)
+        self.validations += 1
+        if not active:
+            return
+        report = getattr(pl_module, "last_report", None)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                self._log_wandb(logger, report, trainer.global_step)
+            elif isinstance(logger, TensorBoardLogger):
+                self._log_tensorboard(logger, trainer.global_step)
+        self.rows = []
+
+    def _log_wandb(self, logger: WandbLogger, report: dict | None, step: int) -> None:
+        if self.rows:
+            masks = [
+                {
+                    "predictions": {"mask_data": row["prediction"], "class_labels": CLASS_LABELS},
+                    "ground_truth": {"mask_data": row["label"], "class_labels": CLASS_LABELS},
+                }
+                for row in self.rows
+            ]
+            captions = [row["name"] for row in self.rows]
+            logger.log_image("val/panels", images=[row["image"] for row in self.rows], masks=masks, caption=captions, step=step)
+            logger.log_image("val/entropy", images=[entropy_heatmap(row["entropy"]) for row in self.rows], caption=captions, step=step)
+        if report is not None:
+            rows = [[name, value] for name, value in report["IoU"].items()]
+            logger.log_table("val/iou_table", columns=["class", "IoU"], data=rows, step=step)
+
+    def _log_tensorboard(self, logger: TensorBoardLogger, step: int) -> None:
+        for i, row in enumerate(self.rows):
+            panel = np.concatenate(
+                [row["image"], colorize(row["label"]), colorize(row["prediction"]), entropy_heatmap(row["entropy"])], axis=1
+            )
+            logger.experiment.add_image(f"val/panel_{i}", panel, step, dataformats="HWC")
+
+
+def entropy_heatmap(entropy: np.ndarray) -> np.ndarray:
+    """Normalised entropy in [0, 1] as an RGB heat map (bright = uncertain)."""
+    grey = np.clip(entropy * 255, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(cv2.applyColorMap(grey, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)

@@ -1,0 +1,168 @@
+"""InstCal: learn instance-specific BatchNorm calibration on strongly augmented source images.
+
+Any segmentation checkpoint (a stage of ours or a released reference ``.pth``) is loaded, its
+BatchNorms are converted to :class:`~intrada_pl.models.bn_calibration.CalibratedBatchNorm`
+(InstCal-U or InstCal-C), everything but the calibration parameters is frozen, and those are
+trained with the ordinary supervised loss of the base stage on source images that get a strong
+photometric augmentation on the device (REFERENCE B1.4, B2). The checkpoint records the mode in
+its hyperparameters, so ``intrada test --calibration instcal_u --ckpt`` rebuilds the calibrated
+model from it alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from intrada_pl.checkpoints import load_segmenter
+from intrada_pl.data.strong_augment import StrongAugment
+from intrada_pl.models.bn_calibration import (
+    calibration_parameters,
+    convert_batchnorm,
+    freeze_all_but_calibration,
+    learned_strengths,
+    plot_strengths,
+    record_strengths,
+)
+from intrada_pl.stages.segmentation import SegmentationModule
+
+
+class CalibrationModule(SegmentationModule):
+    """Trains only the InstCal strengths of a converted segmenter (Adam, poly decay, weight decay 0).
+
+    Args:
+        init_ckpt: the segmentation checkpoint to calibrate (any stage's ``.ckpt`` or a reference ``.pth``).
+        calibration: ``instcal_u`` (per-channel strengths) or ``instcal_c`` (strengths predicted
+            per image from K basis strengths); ``init_strength``, ``num_basis``, ``hidden_dim``
+            and ``condition`` are the layer options (:class:`CalibratedBatchNorm`).
+        augmentations: what each source image may get, one drawn per image
+            (``randaugment``, ``augmix``, ``deepaugment``, ``noise2net``, ``cae``);
+            ``p_clean`` keeps an image clean; ``deepaugment_weights`` is a local CAE weight
+            file (without it ``deepaugment`` is the weight-free Noise2Net).
+        lr, poly_power, schedule_steps, lambda_seg_main, lambda_seg_aux: as the base stage
+            (reference: Adam 2.5e-3, poly against 90k steps, main + 0.1 aux).
+    """
+
+    def __init__(
+        self,
+        init_ckpt: str,
+        calibration: Literal["instcal_u", "instcal_c"] = "instcal_u",
+        init_strength: float = 0.1,
+        num_basis: int = 8,
+        hidden_dim: int = 256,
+        condition: Literal["raw", "normalized"] = "raw",
+        augmentations: Sequence[str] = ("randaugment", "augmix", "deepaugment"),
+        p_clean: float = 0.0,
+        deepaugment_weights: str | None = None,
+        lr: float = 2.5e-3,
+        poly_power: float = 0.9,
+        schedule_steps: int = 90_000,
+        lambda_seg_main: float = 1.0,
+        lambda_seg_aux: float = 0.1,
+        num_classes: int = 19,
+        eval_subsets: Sequence[str] | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        source, info = load_segmenter(init_ckpt, num_classes)
+        if info["calibration"] is not None:
+            raise ValueError(f"{init_ckpt} is already calibrated ({info['calibration']}); start from a segmentation checkpoint")
+        base_args = dict(
+            num_classes=num_classes,
+            depth=info["depth"],
+            multi_level=info["multi_level"],
+            preprocessing=info["preprocessing"],
+            lr=lr,
+            poly_power=poly_power,
+            schedule_steps=schedule_steps,
+            lambda_seg_main=lambda_seg_main,
+            lambda_seg_aux=lambda_seg_aux,
+            eval_subsets=eval_subsets or info["eval_subsets"],
+        )
+        super().__init__(**base_args)
+        # LightningCLI records only this class's own arguments as hyperparameters: add the base
+        # stage's (the architecture and pre-processing make the checkpoint self-describing, the
+        # inherited methods read the rest) and the resolved eval subsets.
+        base_defaults = {
+            name: param.default
+            for name, param in inspect.signature(SegmentationModule.__init__).parameters.items()
+            if param.default is not inspect.Parameter.empty
+        }
+        for key, value in {**base_defaults, **base_args}.items():
+            self.hparams.setdefault(key, value)
+        self.hparams["eval_subsets"] = self.eval_subsets
+        report = convert_batchnorm(
+            source, calibration, init_strength=init_strength, num_basis=num_basis, hidden_dim=hidden_dim, condition=condition
+        )
+        rank_zero_info(str(report))
+        freeze_all_but_calibration(source)
+        self.model = source.to(memory_format=torch.channels_last) if channels_last else source
+        self.augment = StrongAugment(augmentations, p_clean=p_clean, deepaugment_weights=deepaugment_weights)
+        self._strength_sums: dict[str, dict[str, Tensor]] = {}
+        self._strength_count = 0
+
+    def setup(self, stage: str) -> None:
+        """Nothing to load: the weights came from ``init_ckpt`` in ``__init__`` (``pretrained`` is unused)."""
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        source = batch["source"]
+        images = self.augment(source["image"])  # photometric only: the labels stay valid
+        loss, parts = self.supervised_loss({**source, "image": images}, "train")
+        self.log_dict(parts, prog_bar=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        counts = self.augment.choice_counts()
+        self.log_dict({f"train/augment/{op}": float(n) / len(images) for op, n in counts.items()})
+        return loss
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        optimizer = torch.optim.Adam(calibration_parameters(self.model), lr=hp.lr, weight_decay=0.0)
+        return {"optimizer": optimizer, "lr_scheduler": self.poly(optimizer)}
+
+    # --------------------------------------------------------------------- strength analysis
+    def on_validation_epoch_start(self) -> None:
+        # InstCal-C strengths depend on the image: average what the validation images got.
+        record_strengths(self.model, self.hparams.calibration == "instcal_c")
+        self._strength_sums, self._strength_count = {}, 0
+
+    def on_validation_batch_end(self, outputs: object, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.hparams.calibration != "instcal_c":
+            return
+        n = len(batch["name"])
+        for layer, values in learned_strengths(self.model, from_last_forward=True).items():
+            sums = self._strength_sums.setdefault(layer, {k: torch.zeros_like(v) for k, v in values.items()})
+            for key, value in values.items():
+                sums[key] += value * n
+        self._strength_count += n
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        record_strengths(self.model, False)
+        if self._strength_count:
+            strengths = {
+                layer: {k: v / self._strength_count for k, v in sums.items()} for layer, sums in self._strength_sums.items()
+            }
+        else:
+            strengths = learned_strengths(self.model)
+        log_dir = self.trainer.log_dir  # a collective under DDP: read it on every rank
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        self.write_strength_plot(strengths, Path(log_dir or self.trainer.default_root_dir))
+
+    def write_strength_plot(self, strengths: dict[str, dict[str, Tensor]], run_dir: Path) -> Path:
+        """``run_dir/strengths.png`` (per-layer channel mean +- std of the mean and variance
+        strengths), also sent to W&B when a WandbLogger is active."""
+        mode = self.hparams.calibration
+        what = "validation-image average" if mode == "instcal_c" else "learned"
+        path = plot_strengths(strengths, run_dir / "strengths.png", title=f"{mode} {what} strengths, step {self.global_step}")
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image("calibration/strengths", images=[str(path)], step=self.global_step)
+        rank_zero_info(f"calibration strengths plotted to {path}")
+        return path

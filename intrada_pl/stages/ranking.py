@@ -1,0 +1,290 @@
+"""Stage 2 of IntraDA: rank the target's training images by entropy and split them (REFERENCE A4).
+
+``intrada predict --config configs/rank_gta5.yaml --ckpt_path CKPT`` runs the inter-domain model
+over the target's train split with :class:`RankingCallback` attached. The callback turns every
+batch of main-head logits into compact per-image results on the device (a score and a
+PNG-encoded pseudo-label) and, once every image is scored, writes what the intra-domain stage
+(:class:`intrada_pl.data.datamodules.SplitDataModule`) reads::
+
+    <output_dir>/ranking/
+      scores.csv         name,score,rank,split (ascending score; rank 1 = lowest entropy)
+      easy.txt           the lowest int(N * lambda_) images, the reference's list format
+      hard.txt           the others
+      pseudo_labels/     argmax train IDs of the easy images, <name> with a .png extension
+      histogram.png      the score distribution with the lambda cut
+      summary.json       lambda_, normalize, counts, checkpoint
+
+The whole ``ranking/`` folder is built beside the old one and swapped in at the end, so the
+files always belong to one run: a crash leaves the previous ranking (or none), never a mix.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from intrada_pl.data.datamodules import pseudo_label_path
+from intrada_pl.data.labels import IGNORE_INDEX
+from intrada_pl.io import write_json, write_text
+from intrada_pl.losses import self_information
+
+#: Train IDs the reference's entropy normalisation counts as rare: wall, fence, pole, traffic
+#: light, traffic sign, terrain, rider, truck, bus, train, motorcycle.
+RARE_TRAIN_IDS: tuple[int, ...] = (3, 4, 5, 6, 7, 9, 12, 14, 15, 16, 17)
+
+
+def entropy_scores(logits: Tensor) -> Tensor:
+    """Per-image mean of the normalised per-class self-information map, shape (B,), float64.
+
+    This is the reference's score: 1/C of the mean per-pixel normalised entropy, which ranks the
+    same. Accumulated in float64 so the value does not depend on how pixels are summed.
+    """
+    return self_information(logits).mean(dim=(1, 2, 3), dtype=torch.float64)
+
+
+def rare_class_factor(labels: Tensor, num_classes: int, rare_classes: Sequence[int] = RARE_TRAIN_IDS) -> Tensor:
+    """IntraDA's entropy normalisation, ``(R - k) / R + 0.5`` per image, float64 (B,).
+
+    ``k`` counts the ``R`` rare classes present in the argmax map ``labels`` (B x H x W), so an
+    image showing more rare classes gets a lower score and moves towards "easy" (factor in [0.5, 1.5]).
+    """
+    present = torch.zeros(labels.shape[0], num_classes, dtype=torch.bool, device=labels.device)
+    present.scatter_(1, labels.flatten(1).long(), True)
+    k = present[:, list(rare_classes)].sum(1).double()
+    return (len(rare_classes) - k) / len(rare_classes) + 0.5
+
+
+def pseudo_labels(logits: Tensor, confidence_threshold: float | None = None) -> Tensor:
+    """Argmax train IDs (B x H x W, uint8). With a threshold, pixels whose top softmax probability
+    is below it become 255 (ignored by the loss); the reference keeps every pixel."""
+    if confidence_threshold is None:
+        return logits.argmax(1).to(torch.uint8)
+    confidence, labels = logits.float().softmax(1).max(1)
+    labels[confidence < confidence_threshold] = IGNORE_INDEX
+    return labels.to(torch.uint8)
+
+
+def num_easy(num_images: int, lambda_: float) -> int:
+    """``int(N * lambda_)`` exactly as the reference (2975 x 0.67 -> 1993), truncation included:
+    a tiny ``lambda_`` on few images gives no easy image at all."""
+    return int(num_images * lambda_)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Image names in ascending score order (ties by name) and where the easy part ends."""
+
+    order: list[str]
+    scores: dict[str, float]
+    num_easy: int
+
+    @classmethod
+    def from_scores(cls, scores: Mapping[str, float], lambda_: float) -> Ranking:
+        order = sorted(scores, key=lambda name: (scores[name], name))
+        return cls(order, dict(scores), num_easy(len(order), lambda_))
+
+    @property
+    def easy(self) -> list[str]:
+        return self.order[: self.num_easy]
+
+    @property
+    def hard(self) -> list[str]:
+        return self.order[self.num_easy :]
+
+    def cut(self) -> float | None:
+        """Score half-way between the last easy and the first hard image (None if one side is empty)."""
+        if not self.easy or not self.hard:
+            return None
+        return (self.scores[self.easy[-1]] + self.scores[self.hard[0]]) / 2
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``path`` that replaces ``path`` (old content
+    removed) only if the body finishes; on error the staging folder is removed and ``path`` kept."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    retired = path.with_name(f".{path.name}.old{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        if path.exists():
+            path.rename(retired)
+        staging.rename(path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def scores_csv(ranking: Ranking) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["name", "score", "rank", "split"])
+    for rank, name in enumerate(ranking.order, start=1):
+        writer.writerow([name, repr(ranking.scores[name]), rank, "easy" if rank <= ranking.num_easy else "hard"])
+    return buffer.getvalue()
+
+
+def list_file(names: Sequence[str]) -> str:
+    """The reference's list format: one relative image name per line."""
+    return "".join(f"{name}\n" for name in names)
+
+
+def write_histogram(path: Path, ranking: Ranking, lambda_: float) -> None:
+    fig = Figure(figsize=(7, 4), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    ax.hist([ranking.scores[name] for name in ranking.order], bins="auto", color="tab:blue")
+    cut = ranking.cut()
+    if cut is not None:
+        ax.axvline(cut, color="tab:red", linestyle="--", label=f"lambda = {lambda_:g}: {len(ranking.easy)} easy | {len(ranking.hard)} hard")
+        ax.legend()
+    ax.set_xlabel("score (mean normalised self-information)")
+    ax.set_ylabel("images")
+    ax.set_title(f"Entropy ranking of {len(ranking.order)} images")
+    fig.savefig(path)
+
+
+def write_ranking(directory: Path, ranking: Ranking, labels: Mapping[str, bytes], lambda_: float, summary: Mapping) -> None:
+    """Write the manifests, the easy images' pseudo-labels (already PNG-encoded), the histogram
+    and a summary into ``directory``, replacing it as a whole (see :func:`atomic_dir`)."""
+    with atomic_dir(directory) as staging:
+        for name in ranking.easy:
+            path = pseudo_label_path(staging / "pseudo_labels", name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(labels[name])
+        write_text(staging / "scores.csv", scores_csv(ranking))
+        write_text(staging / "hard.txt", list_file(ranking.hard))
+        write_text(staging / "easy.txt", list_file(ranking.easy))
+        write_histogram(staging / "histogram.png", ranking, lambda_)
+        write_json(staging / "summary.json", {**summary, "num_images": len(ranking.order), "num_easy": ranking.num_easy,
+                                              "num_hard": len(ranking.hard), "score_cut": ranking.cut()})
+
+
+def encode_png(label: np.ndarray) -> bytes:
+    ok, buffer = cv2.imencode(".png", label)
+    if not ok:
+        raise OSError("could not PNG-encode a pseudo-label")
+    return buffer.tobytes()
+
+
+def gather_results(results: dict[str, tuple[float, bytes]]) -> dict[str, tuple[float, bytes]]:
+    """Merge every rank's results on every rank (``all_gather_object``), one entry per image name."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return results
+    parts: list[dict[str, tuple[float, bytes]] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, results)
+    merged: dict[str, tuple[float, bytes]] = {}
+    for part in parts:
+        for name, result in (part or {}).items():
+            merged.setdefault(name, result)
+    return merged
+
+
+class RankingCallback(Callback):
+    """Entropy ranking of the images a ``predict`` run sees (IntraDA, REFERENCE A4).
+
+    Works with any :class:`~intrada_pl.stages.segmentation.SegmentationEvalModule`, whose
+    ``predict_step`` returns ``{"name", "logits"}`` with the main-head logits at the input
+    resolution (the ranking resolution: 1024x512 for Cityscapes, as in the reference).
+
+    Per image: score = mean normalised self-information (:func:`entropy_scores`), times
+    :func:`rare_class_factor` if ``normalize`` (a real boolean here: the reference's
+    ``--normalize False`` switched it *on*); easy = the ``int(N * lambda_)`` lowest scores, ties
+    broken by name. Files go to ``<output_dir>/ranking/`` (``output_dir`` defaults to the run
+    directory, ``trainer.log_dir``).
+
+    Memory: Lightning's predict loop would keep every returned logit tensor (19 x 512 x 1024
+    float32 = 40 MB per image), so the callback turns ``return_predictions`` off and keeps only
+    a float and the pseudo-label as PNG bytes per image (a few tens of KB for a 512x1024 argmax
+    map, ~100 MB for Cityscapes train). Every image's label is kept because the split is only
+    known once all images are scored; in memory rather than in temporary files, it needs no
+    filesystem shared between nodes. Under DDP each rank scores its share (predict does not
+    pad), ``all_gather_object`` merges the results by name, and rank 0 alone writes.
+    """
+
+    def __init__(
+        self,
+        lambda_: float = 0.67,
+        normalize: bool = False,
+        confidence_threshold: float | None = None,
+        output_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < lambda_ <= 1.0:
+            raise ValueError(f"lambda_ is the fraction of images ranked easy and must be in (0, 1], got {lambda_} (the reference uses 0.67)")
+        if confidence_threshold is not None and not 0.0 <= confidence_threshold <= 1.0:
+            raise ValueError(f"confidence_threshold is a softmax probability and must be in [0, 1], got {confidence_threshold}")
+        self.lambda_ = lambda_
+        self.normalize = normalize
+        self.confidence_threshold = confidence_threshold
+        self.output_dir = output_dir
+        self.results: dict[str, tuple[float, bytes]] = {}
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.predict_loop.return_predictions = False  # the logits are consumed here, see the class docstring
+        # trainer.log_dir is a collective under DDP: every rank must read it
+        self.directory = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir) / "ranking"
+        self.results = {}
+
+    def score(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """Scores (B,) and pseudo-labels (B x H x W uint8) of a batch, computed on its device."""
+        with torch.inference_mode():
+            scores = entropy_scores(logits)
+            labels = pseudo_labels(logits, self.confidence_threshold)
+            if self.normalize:
+                argmax = labels if self.confidence_threshold is None else logits.argmax(1)
+                scores = scores * rare_class_factor(argmax, logits.shape[1])
+        return scores, labels
+
+    def on_predict_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: dict, batch: dict, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if not (isinstance(outputs, dict) and "logits" in outputs and "name" in outputs):
+            raise TypeError(f"RankingCallback needs predict_step to return {{'name', 'logits'}} (SegmentationEvalModule does); got {type(outputs).__name__}")
+        scores, labels = self.score(outputs["logits"])
+        for name, score, label in zip(outputs["name"], scores.tolist(), labels.cpu().numpy()):
+            self.results.setdefault(name, (score, encode_png(label)))
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        results = gather_results(self.results)
+        self.results = {}
+        if trainer.is_global_zero:
+            self.write(trainer, results)
+        trainer.strategy.barrier()
+
+    def write(self, trainer: L.Trainer, results: Mapping[str, tuple[float, bytes]]) -> Ranking:
+        if not results:
+            raise RuntimeError("the entropy ranking saw no image: is the predict split empty?")
+        ranking = Ranking.from_scores({name: score for name, (score, _) in results.items()}, self.lambda_)
+        if ranking.num_easy == 0:
+            rank_zero_warn(f"int({len(ranking.order)} x {self.lambda_}) = 0: no image is ranked easy")
+        summary = {"lambda_": self.lambda_, "normalize": self.normalize, "confidence_threshold": self.confidence_threshold,
+                   "checkpoint": trainer.ckpt_path}
+        write_ranking(self.directory, ranking, {name: label for name, (_, label) in results.items()}, self.lambda_, summary)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image("ranking/histogram", [str(self.directory / "histogram.png")])
+        rank_zero_info(
+            f"entropy ranking written to {self.directory}: {len(ranking.easy)} easy / {len(ranking.hard)} hard of "
+            f"{len(ranking.order)} images (lambda_ {self.lambda_}, normalize {self.normalize}); "
+            "scores.csv, easy.txt, hard.txt, pseudo_labels/, histogram.png"
+        )
+        return ranking
