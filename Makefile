@@ -6,7 +6,7 @@ DEMO_DATA ?= data/toy
 DEMO_RUNS ?= runs/demo
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install test demo clean-demo rank
+.PHONY: install test demo clean-demo rank pipeline
 
 install: $(VENV)/.installed
 
@@ -22,13 +22,12 @@ $(DEMO_DATA)/toy_meta.json: | install
 	$(BIN)/intrada toy-data $(DEMO_DATA)
 
 demo: install $(DEMO_DATA)/toy_meta.json
-	$(BIN)/intrada fit --config configs/demo/source_only.yaml
-	$(BIN)/intrada test --config configs/demo/test.yaml \
-		--ckpt $(DEMO_RUNS)/source_only/checkpoints/last.ckpt \
-		--output $(DEMO_RUNS)/source_only/test --save_predictions
-	@echo "demo data:   $(DEMO_DATA)"
-	@echo "checkpoints: $(DEMO_RUNS)/source_only/checkpoints"
-	@echo "metrics:     $(DEMO_RUNS)/source_only/test/metrics.json"
+	$(BIN)/intrada pipeline --config configs/demo/pipeline.yaml
+	@echo "demo data: $(DEMO_DATA); runs, checkpoints, rankings and metrics: $(DEMO_RUNS)/<stage>/"
+
+# The whole method on real data (edit the dataset roots in the config first).
+pipeline: install
+	$(BIN)/intrada pipeline --config $(or $(CONFIG),configs/pipeline_gta5.yaml)
 
 clean-demo:
 	rm -rf $(DEMO_RUNS)

@@ -23,8 +23,8 @@ from intrada_pl.io import write_json  # noqa: E402
 
 # Imported so that short class names (``SegmentationModule``, ``SourceTargetDataModule``) resolve in configs.
 from intrada_pl.data import datamodules  # noqa: E402,F401
-from intrada_pl.stages import calibration, segmentation  # noqa: E402,F401
-from intrada_pl.stages.evaluation import EvaluationDataModule, Evaluator, format_results_table, strength_grid  # noqa: E402
+from intrada_pl.stages import calibration, inter, intra, segmentation  # noqa: E402,F401
+from intrada_pl.stages.evaluation import EvaluationDataModule, Evaluator, strength_grid  # noqa: E402
 from intrada_pl.stages.segmentation import SegmentationEvalModule  # noqa: E402
 
 USAGE = """usage: intrada COMMAND [options]
@@ -38,6 +38,7 @@ commands:
                                          [--calibration METHOD ...] [--strength M] (test-time methods side by side)
   calibrate-grid  manual strength grid: intrada calibrate-grid --config configs/test_cityscapes.yaml --ckpt PATH
                                          [--strengths 0,0.1,...,1]   (mIoU/ECE per m -> OUT/grid.json)
+  pipeline   the whole method:         intrada pipeline --config configs/pipeline_gta5.yaml
   toy-data   write the demo data:      intrada toy-data OUT
   inspect    check a dataset on disk:  intrada inspect {gta5,synthia,synscapes,cityscapes,...} ROOT [--split S] [--json]
 
@@ -136,9 +137,19 @@ def calibrate_grid_main(args: Sequence[str]) -> None:
     default = ["--strengths", "[" + ",".join(f"{m / 10:g}" for m in range(11)) + "]"]
     cli = EvaluationCLI(Evaluator, EvaluationDataModule, save_config_callback=None, args=_repeatable_ckpt(["test", *default, *args]))
     if cli.trainer.is_global_zero:
-        path = write_json(cli.model.output / "grid.json", strength_grid(cli.model.results))
-        print(format_results_table(cli.model.results))
-        print(f"manual strength grid written to {path}")
+        grid = strength_grid(cli.model.results)
+        for target, row in grid.items():
+            best = f"{row['best_strength']:g}"
+            print(f"{target}: best manual strength m = {best} (mIoU {row['mIoU'][best]})")
+        print(f"manual strength grid written to {write_json(cli.model.output / 'grid.json', grid)}")
+
+
+def pipeline_main(args: Sequence[str]) -> None:
+    from intrada_pl.pipeline import Pipeline
+
+    parser = argparse.ArgumentParser(prog="intrada pipeline", description="Run a whole method, stage by stage (resumable).")
+    parser.add_argument("--config", required=True, help="a pipeline YAML, e.g. configs/pipeline_gta5.yaml")
+    Pipeline.from_yaml(parser.parse_args(args).config).run()
 
 
 def main(args: Sequence[str] | None = None) -> None:
@@ -156,6 +167,8 @@ def main(args: Sequence[str] | None = None) -> None:
         return
     if command == "calibrate-grid":
         return calibrate_grid_main(args[1:])
+    if command == "pipeline":
+        return pipeline_main(args[1:])
     TrainingCLI(
         SegmentationEvalModule,
         subclass_mode_model=True,

@@ -13,7 +13,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 

@@ -304,6 +304,18 @@ class CalibratedBatchNorm(nn.Module):
         if self.record_strengths:
             self.last_strengths = self._strengths_of(m_mean, m_var, x.shape[0])
 
+        differentiable_stats = torch.is_grad_enabled() and (mu.requires_grad or var.requires_grad)
+        if not differentiable_stats and (x.shape[0] == 1 or x.is_contiguous()):
+            # Inference: the calibrated statistics are constants, so the eval-mode BN kernel can
+            # apply them, with the batch folded into the channels (a free view for B = 1 or NCHW).
+            # On CPU it runs ~2x faster than the broadcast addcmul below (0.44 vs 0.98 ms for
+            # 1x1024x33x65, one thread); BN-adapt / manual / InstCal at test time take this path.
+            b, c = x.shape[:2]
+            weight = None if self.weight is None else self.weight.repeat(b)
+            bias = None if self.bias is None else self.bias.repeat(b)
+            folded = x.reshape(1, b * c, *x.shape[2:])
+            return F.batch_norm(folded, mu.reshape(-1), var.reshape(-1), weight, bias, False, 0.0, self.eps).view_as(x)
+
         scale = torch.rsqrt(var + self.eps)  # B x C
         if self.weight is not None:
             scale = scale * self.weight

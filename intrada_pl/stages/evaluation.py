@@ -22,7 +22,7 @@ from intrada_pl.io import write_json, write_png
 from intrada_pl.losses import upsample
 from intrada_pl.metrics import format_iou_table, iou_report
 from intrada_pl.stages.segmentation import SegmentationEvalModule
-from intrada_pl.stages.tta import TestMethod, build_test_methods
+from intrada_pl.stages.tta import MethodSpec, build_test_methods
 
 
 class PixelCalibrationError(Metric):
@@ -174,7 +174,7 @@ class Evaluator(SegmentationEvalModule):
     ) -> None:
         if not checkpoints:
             raise ValueError("no checkpoint to evaluate: pass --ckpt PATH (repeat it for an ensemble)")
-        methods = [TestMethod.parse(spec, strength) for spec in (calibrations or ["none"])]
+        methods = [MethodSpec.parse(spec, strength) for spec in (calibrations or ["none"])]
         names = [m.name for m in methods]
         if len(set(names)) != len(names):
             raise ValueError(f"a test-time method is listed twice: {names}")

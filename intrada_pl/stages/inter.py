@@ -67,12 +67,15 @@ class InterDomainModule(SegmentationModule):
     def discriminator(self, level: str) -> FCDiscriminator:
         return self.d_main if level == "main" else self.d_aux
 
-    def generator_losses(self, source: dict, target: dict) -> tuple[dict[str, Tensor], dict, dict]:
+    def generator_losses(self, source: dict, target: dict | None) -> tuple[dict[str, Tensor], dict, dict]:
         """The generator's loss terms, and both sides' logits per level upsampled (bilinear,
-        align_corners) to their input sizes, which the discriminator step reuses detached."""
+        align_corners) to their input sizes, which the discriminator step reuses detached.
+        Without a target batch (IntraDA with lambda 1: nothing is hard) only the supervised terms remain."""
         aux, main = self.model(source["image"])
         _, terms = self.supervised_terms(aux, main, source["label"], "train")
         source_logits = self.upsampled_levels(aux, main, source["image"])
+        if target is None:
+            return terms, source_logits, {}
         target_logits = self.upsampled_levels(*self.model(target["image"]), target["image"])
         for level in self.levels:
             if self.hparams.method == "advent":
@@ -114,7 +117,7 @@ class InterDomainModule(SegmentationModule):
 
     # --- the manual optimisation step ------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        source, target = batch["source"], batch["target"]
+        source, target = batch["source"], batch.get("target")
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         opt_g, opt_ds = optimizers[0], optimizers[1:]
@@ -127,7 +130,7 @@ class InterDomainModule(SegmentationModule):
         opt_g.step()
         self.untoggle_optimizer(opt_g)
 
-        if self.hparams.method == "advent":
+        if self.hparams.method == "advent" and target is not None:
             terms.update(self.discriminator_step(opt_ds, source_logits, target_logits))
 
         for scheduler in self._schedulers():

@@ -43,7 +43,7 @@ from torch import Tensor
 from intrada_pl.data.datamodules import pseudo_label_path
 from intrada_pl.data.labels import IGNORE_INDEX
 from intrada_pl.io import write_json, write_text
-from intrada_pl.losses import self_information
+from intrada_pl.losses import normalized_entropy
 
 #: Train IDs the reference's entropy normalisation counts as rare: wall, fence, pole, traffic
 #: light, traffic sign, terrain, rider, truck, bus, train, motorcycle.
@@ -53,29 +53,36 @@ RARE_TRAIN_IDS: tuple[int, ...] = (3, 4, 5, 6, 7, 9, 12, 14, 15, 16, 17)
 def entropy_scores(logits: Tensor) -> Tensor:
     """Per-image mean of the normalised per-class self-information map, shape (B,), float64.
 
-    This is the reference's score: 1/C of the mean per-pixel normalised entropy, which ranks the
-    same. Accumulated in float64 so the value does not depend on how pixels are summed.
+    That is the reference's score, computed as 1/C of the mean per-pixel normalised entropy
+    (the same number, one pass fewer over the C x H x W map); pixels are averaged in float64 so
+    the value hardly depends on the summation order.
     """
-    return self_information(logits).mean(dim=(1, 2, 3), dtype=torch.float64)
+    return normalized_entropy(logits).mean(dim=(1, 2), dtype=torch.float64) / logits.shape[1]
 
 
-def rare_class_factor(labels: Tensor, num_classes: int, rare_classes: Sequence[int] = RARE_TRAIN_IDS) -> Tensor:
-    """IntraDA's entropy normalisation, ``(R - k) / R + 0.5`` per image, float64 (B,).
+def rare_class_factor(labels: Tensor, num_classes: int) -> Tensor:
+    """IntraDA's entropy normalisation, ``(11 - k) / 11 + 0.5`` per image, float64 (B,).
 
-    ``k`` counts the ``R`` rare classes present in the argmax map ``labels`` (B x H x W), so an
-    image showing more rare classes gets a lower score and moves towards "easy" (factor in [0.5, 1.5]).
+    ``k`` counts the 11 rare classes (:data:`RARE_TRAIN_IDS`) present in the argmax map ``labels``
+    (B x H x W), so an image showing more of them gets a lower score and moves towards "easy"
+    (factor in [0.5, 1.5]).
     """
     present = torch.zeros(labels.shape[0], num_classes, dtype=torch.bool, device=labels.device)
     present.scatter_(1, labels.flatten(1).long(), True)
-    k = present[:, list(rare_classes)].sum(1).double()
-    return (len(rare_classes) - k) / len(rare_classes) + 0.5
+    k = present[:, list(RARE_TRAIN_IDS)].sum(1).double()
+    return (len(RARE_TRAIN_IDS) - k) / len(RARE_TRAIN_IDS) + 0.5
+
+
+def argmax(logits: Tensor) -> Tensor:
+    """Class index per pixel (B x H x W); ``max(1)`` is 2-3x faster than ``argmax(1)`` on CPU."""
+    return logits.max(1).indices
 
 
 def pseudo_labels(logits: Tensor, confidence_threshold: float | None = None) -> Tensor:
     """Argmax train IDs (B x H x W, uint8). With a threshold, pixels whose top softmax probability
     is below it become 255 (ignored by the loss); the reference keeps every pixel."""
     if confidence_threshold is None:
-        return logits.argmax(1).to(torch.uint8)
+        return argmax(logits).to(torch.uint8)
     confidence, labels = logits.float().softmax(1).max(1)
     labels[confidence < confidence_threshold] = IGNORE_INDEX
     return labels.to(torch.uint8)
@@ -236,6 +243,7 @@ class RankingCallback(Callback):
         self.normalize = normalize
         self.confidence_threshold = confidence_threshold
         self.output_dir = output_dir
+        self.directory: Path | None = None
         self.results: dict[str, tuple[float, bytes]] = {}
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -250,8 +258,8 @@ class RankingCallback(Callback):
             scores = entropy_scores(logits)
             labels = pseudo_labels(logits, self.confidence_threshold)
             if self.normalize:
-                argmax = labels if self.confidence_threshold is None else logits.argmax(1)
-                scores = scores * rare_class_factor(argmax, logits.shape[1])
+                classes = labels if self.confidence_threshold is None else argmax(logits)
+                scores = scores * rare_class_factor(classes, logits.shape[1])
         return scores, labels
 
     def on_predict_batch_end(
@@ -266,11 +274,14 @@ class RankingCallback(Callback):
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         results = gather_results(self.results)
         self.results = {}
-        if trainer.is_global_zero:
-            self.write(trainer, results)
-        trainer.strategy.barrier()
+        try:
+            if trainer.is_global_zero:
+                self.write(trainer, results)
+        finally:  # every rank returns once the files exist (or rank 0 failed): none waits forever
+            trainer.strategy.barrier()
 
-    def write(self, trainer: L.Trainer, results: Mapping[str, tuple[float, bytes]]) -> Ranking:
+    def write(self, trainer: L.Trainer, results: Mapping[str, tuple[float, bytes]]) -> None:
+        assert self.directory is not None, "on_predict_start sets the output directory"
         if not results:
             raise RuntimeError("the entropy ranking saw no image: is the predict split empty?")
         ranking = Ranking.from_scores({name: score for name, (score, _) in results.items()}, self.lambda_)
@@ -287,4 +298,3 @@ class RankingCallback(Callback):
             f"{len(ranking.order)} images (lambda_ {self.lambda_}, normalize {self.normalize}); "
             "scores.csv, easy.txt, hard.txt, pseudo_labels/, histogram.png"
         )
-        return ranking

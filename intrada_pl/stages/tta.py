@@ -47,7 +47,7 @@ Outputs = tuple[Tensor | None, Tensor]  # DeepLabV2's (aux, main) logits
 
 
 @dataclass(frozen=True)
-class TestMethod:
+class MethodSpec:
     """A parsed method name: the BN calibration mode, its manual strength, and whether TENT follows."""
 
     name: str
@@ -56,7 +56,7 @@ class TestMethod:
     tent: bool = False
 
     @classmethod
-    def parse(cls, spec: str, default_strength: float = 0.1) -> TestMethod:
+    def parse(cls, spec: str, default_strength: float = 0.1) -> MethodSpec:
         """``manual@0.3`` -> manual with m = 0.3; ``manual`` takes ``default_strength``."""
         base, _, value = spec.partition("@")
         if base not in TEST_METHODS:
@@ -202,7 +202,7 @@ class CalibrationSwitch(nn.Module):
 def build_test_methods(
     model: nn.Module,
     info: dict,
-    methods: list[TestMethod],
+    methods: list[MethodSpec],
     tent_lr: float = 1e-3,
     tent_steps: int = 1,
     tent_episodic: bool = False,
