@@ -250,16 +250,16 @@ def test_wandb_offline_run_holds_losses_lrs_accuracies_iou_and_panels(toy_root, 
     assert table["columns"] == ["class", "IoU"] and table["data"][0][0] == "road"
 
 
-def test_config_files_parse():
+def test_config_files_parse(capsys):
+    """Every training config parses, and its dataset root can be overridden from the command line."""
     for config in sorted((REPO / "configs").glob("*.yaml")):
-        if config.name.startswith(("test_", "rank_")):
+        if config.name.startswith(("test_", "rank_", "pipeline_")):
             continue
-        result = subprocess.run(
-            [sys.executable, "-m", "intrada_pl.cli", "fit", "--config", str(config), "--data.source_root", "/x", "--print_config"],
-            capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-        assert result.returncode == 0, f"{config.name}: {result.stderr[-2000:]}"
-        assert "source_root: /x" in result.stdout, config.name
+        key = "source_root" if "SourceTargetDataModule" in config.read_text() else "root"
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", str(config), f"--data.{key}", "/x", "--print_config"])
+        assert exit_info.value.code in (0, None), config.name
+        assert f"{key}: /x" in capsys.readouterr().out, config.name
 
 
 def test_ddp_two_processes_keep_identical_weights_and_bn_buffers(toy_root, tmp_path):

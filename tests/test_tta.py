@@ -180,3 +180,18 @@ def test_calibrate_grid_writes_results_per_strength(toy_root, reference_pth, tmp
     assert list(grid["mIoU"]) == ["0", "0.5", "1"] and grid["best_strength"] in (0.0, 0.5, 1.0)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["methods"] == ["manual@0", "manual@0.5", "manual@1"]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_test_time_fast_path_matches_the_training_path(channels_last):
+    """Inference applies calibrated statistics with the eval-BN kernel; training keeps them differentiable."""
+    model = _segmenter()
+    convert_batchnorm(model, "instcal_u")
+    x = _images(2)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    differentiable = model(x)[1].detach()  # strengths require grad: the addcmul path
+    with torch.inference_mode():
+        assert torch.allclose(model(x)[1], differentiable, atol=1e-4)
+        assert torch.allclose(model(x[1:])[1], differentiable[1:], atol=1e-4)

@@ -35,14 +35,60 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int, train: bool
     )
 
 
-class SourceTargetDataModule(L.LightningDataModule):
-    """Labelled source + unlabelled target for training, the target's labelled split for validation.
+class AdaptationDataModule(L.LightningDataModule):
+    """What every training stage's data shares: a labelled ``source_set``, an optional unlabelled
+    ``target_set`` and a labelled ``val_set`` (built by subclasses in ``setup``), the optional
+    augmentations, and the loaders.
 
     Training batches are ``{"source": batch, "target": batch}`` (Lightning's CombinedLoader in
     ``max_size_cycle`` mode: an epoch is one pass over the source, the target cycles), each batch
     ``{"image": uint8 Bx3xHxW, "label": long BxHxW (255 = ignore), "name": list[str]}``.
+    Validation images are resized to ``val_size`` with labels kept at full resolution.
+    """
+
+    def __init__(
+        self,
+        val_split: str = "val",
+        val_list: str | None = None,
+        val_size: Size | None = (1024, 512),
+        scale_range: tuple[float, float] | None = None,
+        crop_size: Size | None = None,
+        hflip: bool = False,
+        batch_size: int = 1,
+        val_batch_size: int = 1,
+        num_workers: int = 4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.target_set: Dataset | None = None
+
+    def train_transform(self, size: Size | None) -> SegmentationTransform:
+        hp = self.hparams
+        return SegmentationTransform(size, scale_range=hp.scale_range, crop_size=hp.crop_size, hflip=hp.hflip)
+
+    def build_val_set(self, dataset: str, root: str, options: dict[str, Any] | None) -> None:
+        hp = self.hparams
+        self.val_set = build_dataset(dataset, root, split=hp.val_split, list_file=hp.val_list, **(options or {}))
+        self.val_set.transform = SegmentationTransform(hp.val_size, resize_label=False)
+
+    def train_dataloader(self) -> dict[str, DataLoader]:
+        hp = self.hparams
+        loaders = {"source": make_loader(self.source_set, hp.batch_size, hp.num_workers, train=True)}
+        if self.target_set is not None:
+            loaders["target"] = make_loader(self.target_set, hp.batch_size, hp.num_workers, train=True)
+        return loaders
+
+    def val_dataloader(self) -> DataLoader:
+        return make_loader(self.val_set, self.hparams.val_batch_size, self.hparams.num_workers, train=False)
+
+
+class SourceTargetDataModule(AdaptationDataModule):
+    """Labelled source + unlabelled target for training, the target's labelled split for validation.
+
     Defaults follow ADVENT: GTA5 resized to 1280x720, Cityscapes to 1024x512, no crop, no flip,
-    validation images at 1024x512 with labels kept at full resolution.
+    validation images at 1024x512 with labels kept at full resolution. ``use_target: false``
+    (source-only training) loads no target training images. Further options (validation split,
+    augmentation, batch sizes, workers): :class:`AdaptationDataModule`.
     """
 
     def __init__(
@@ -59,54 +105,23 @@ class SourceTargetDataModule(L.LightningDataModule):
         target_size: Size | None = (1024, 512),
         target_options: dict[str, Any] | None = None,
         use_target: bool = True,
-        val_split: str = "val",
-        val_list: str | None = None,
-        val_size: Size | None = (1024, 512),
-        scale_range: tuple[float, float] | None = None,
-        crop_size: Size | None = None,
-        hflip: bool = False,
-        batch_size: int = 1,
-        val_batch_size: int = 1,
-        num_workers: int = 4,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-
-    def _train_transform(self, size: Size | None) -> SegmentationTransform:
-        hp = self.hparams
-        return SegmentationTransform(size, scale_range=hp.scale_range, crop_size=hp.crop_size, hflip=hp.hflip)
+        super().__init__(**kwargs)
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
-        target_options = hp.target_options or {}
         if stage == "fit":
-            self.source_set = build_dataset(
-                hp.source, hp.source_root, list_file=hp.source_list, **(hp.source_options or {})
-            )
-            self.source_set.transform = self._train_transform(hp.source_size)
+            self.source_set = build_dataset(hp.source, hp.source_root, list_file=hp.source_list, **(hp.source_options or {}))
+            self.source_set.transform = self.train_transform(hp.source_size)
             if hp.use_target:
                 self.target_set = build_dataset(
-                    hp.target,
-                    hp.target_root,
-                    split=hp.target_split,
-                    list_file=hp.target_list,
-                    with_labels=False,
-                    **target_options,
+                    hp.target, hp.target_root, split=hp.target_split, list_file=hp.target_list, with_labels=False,
+                    **(hp.target_options or {}),
                 )
-                self.target_set.transform = self._train_transform(hp.target_size)
+                self.target_set.transform = self.train_transform(hp.target_size)
         if stage in ("fit", "validate"):
-            self.val_set = build_dataset(hp.target, hp.target_root, split=hp.val_split, list_file=hp.val_list, **target_options)
-            self.val_set.transform = SegmentationTransform(hp.val_size, resize_label=False)
-
-    def train_dataloader(self) -> dict[str, DataLoader]:
-        hp = self.hparams
-        loaders = {"source": make_loader(self.source_set, hp.batch_size, hp.num_workers, train=True)}
-        if hp.use_target:
-            loaders["target"] = make_loader(self.target_set, hp.batch_size, hp.num_workers, train=True)
-        return loaders
-
-    def val_dataloader(self) -> DataLoader:
-        return make_loader(self.val_set, self.hparams.val_batch_size, self.hparams.num_workers, train=False)
+            self.build_val_set(hp.target, hp.target_root, hp.target_options)
 
 
 class TargetDataModule(L.LightningDataModule):
@@ -184,7 +199,7 @@ class PseudoLabelledDataset(Dataset):
         return {"image": out["image"], "label": out["mask"], "name": name}
 
 
-class SplitDataModule(L.LightningDataModule):
+class SplitDataModule(AdaptationDataModule):
     """The intra-domain stage's data (IntraDA, REFERENCE A4), read from the entropy ranking's output.
 
     ``ranking_dir`` holds ``easy.txt``, ``hard.txt`` and ``pseudo_labels/`` (see
@@ -204,19 +219,9 @@ class SplitDataModule(L.LightningDataModule):
         split: str = "train",
         size: Size | None = (1024, 512),
         options: dict[str, Any] | None = None,
-        val_split: str = "val",
-        val_list: str | None = None,
-        val_size: Size | None = (1024, 512),
-        scale_range: tuple[float, float] | None = None,
-        crop_size: Size | None = None,
-        hflip: bool = False,
-        batch_size: int = 1,
-        val_batch_size: int = 1,
-        num_workers: int = 4,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.target_set: SegmentationDataset | None = None
+        super().__init__(**kwargs)
 
     def _manifest(self, filename: str) -> Path:
         path = Path(self.hparams.ranking_dir) / filename
@@ -234,7 +239,7 @@ class SplitDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         hp = self.hparams
         if stage == "fit":
-            transform = SegmentationTransform(hp.size, scale_range=hp.scale_range, crop_size=hp.crop_size, hflip=hp.hflip)
+            transform = self.train_transform(hp.size)
             easy, hard = self._manifest("easy.txt"), self._manifest("hard.txt")
             if not easy.read_text().strip():
                 raise ValueError(f"{easy} lists no image (int(N * lambda_) was 0): re-run the ranking with a larger lambda_")
@@ -243,15 +248,4 @@ class SplitDataModule(L.LightningDataModule):
                 self.target_set = self._images(hard)
                 self.target_set.transform = transform
         if stage in ("fit", "validate"):
-            self.val_set = build_dataset(hp.dataset, hp.root, split=hp.val_split, list_file=hp.val_list, **(hp.options or {}))
-            self.val_set.transform = SegmentationTransform(hp.val_size, resize_label=False)
-
-    def train_dataloader(self) -> dict[str, DataLoader]:
-        hp = self.hparams
-        loaders = {"source": make_loader(self.source_set, hp.batch_size, hp.num_workers, train=True)}
-        if self.target_set is not None:
-            loaders["target"] = make_loader(self.target_set, hp.batch_size, hp.num_workers, train=True)
-        return loaders
-
-    def val_dataloader(self) -> DataLoader:
-        return make_loader(self.val_set, self.hparams.val_batch_size, self.hparams.num_workers, train=False)
+            self.build_val_set(hp.dataset, hp.root, hp.options)
