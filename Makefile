@@ -23,6 +23,7 @@ $(DEMO_DATA)/toy_meta.json: | install
 
 demo: install $(DEMO_DATA)/toy_meta.json
 	$(BIN)/intrada pipeline --config configs/demo/pipeline.yaml
+	$(BIN)/intrada toy-data $(DEMO_DATA) --check-ranking $(DEMO_RUNS)/rank/ranking
 	@echo "demo data: $(DEMO_DATA); runs, checkpoints, rankings and metrics: $(DEMO_RUNS)/<stage>/"
 
 # The whole method on real data (edit the dataset roots in the config first).

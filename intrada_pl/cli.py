@@ -39,7 +39,7 @@ commands:
   calibrate-grid  manual strength grid: intrada calibrate-grid --config configs/test_cityscapes.yaml --ckpt PATH
                                          [--strengths 0,0.1,...,1]   (mIoU/ECE per m -> OUT/grid.json)
   pipeline   the whole method:         intrada pipeline --config configs/pipeline_gta5.yaml
-  toy-data   write the demo data:      intrada toy-data OUT
+  toy-data   write the demo data:      intrada toy-data OUT [--check-ranking RANKING_DIR]
   inspect    check a dataset on disk:  intrada inspect {gta5,synthia,synscapes,cityscapes,...} ROOT [--split S] [--json]
 
 'intrada COMMAND --help' lists a command's options."""
@@ -109,7 +109,20 @@ def toy_data_main(args: Sequence[str]) -> None:
     parser.add_argument("--target-train", type=int, default=defaults.target_train)
     parser.add_argument("--target-val", type=int, default=defaults.target_val)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--check-ranking", metavar="RANKING_DIR", default=None,
+        help="write nothing; report how many of OUT's generated hard images this entropy ranking put in its hard split",
+    )
     ns = parser.parse_args(args)
+    if ns.check_ranking:
+        from intrada_pl.data.toy import ranking_recall
+
+        r = ranking_recall(ns.out, ns.check_ranking)
+        print(
+            f"entropy ranking vs the toy data's ground truth: {r['found']} of the {r['generated_hard']} rainy/night "
+            f"train images are among the {r['ranked_hard']} ranked hard (a random split would find {r['chance']:.1f})"
+        )
+        return
     spec = ToySpec(source_images=ns.source_images, target_train=ns.target_train, target_val=ns.target_val, seed=ns.seed)
     summary = generate(ns.out, spec)
     print(f"source (GTA5 layout):       {summary['source_root']} ({spec.source_images} images)")

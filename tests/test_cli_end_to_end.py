@@ -106,3 +106,22 @@ def test_toy_data_command_writes_both_layouts(tmp_path, capsys):
     assert len(list((tmp_path / "toy" / "GTA5" / "labels").glob("*.png"))) == 2
     assert len(list((tmp_path / "toy" / "Cityscapes" / "gtFine" / "val").rglob("*_gtFine_labelIds.png"))) == 1
     assert "toy_meta.json" in capsys.readouterr().out
+
+
+def test_toy_data_check_ranking_counts_generated_hard_images_ranked_hard(toy_root, tmp_path, capsys):
+    meta = json.loads((toy_root / "toy_meta.json").read_text())
+    hard = meta["hard_train_images"]  # 6 train images, hard fraction 0.3 -> 2
+    names = sorted(p.relative_to(toy_root / "Cityscapes/leftImg8bit/train").as_posix()
+                   for p in (toy_root / "Cityscapes/leftImg8bit/train").rglob("*.png"))
+    clean = [n for n in names if n not in hard]
+    ranking = tmp_path / "ranking"
+    ranking.mkdir()
+    (ranking / "hard.txt").write_text(f"{hard[0]}\n{clean[0]}\n")  # one generated hard image found
+    (ranking / "easy.txt").write_text("".join(f"{n}\n" for n in [hard[1], *clean[1:]]))
+    main(["toy-data", str(toy_root), "--check-ranking", str(ranking)])
+    out = capsys.readouterr().out
+    assert f"1 of the {len(hard)} rainy/night train images are among the 2 ranked hard" in out
+    assert f"would find {len(hard) * 2 / len(names):.1f}" in out
+    assert sorted(p.name for p in ranking.iterdir()) == ["easy.txt", "hard.txt"]  # nothing written
+    with pytest.raises(FileNotFoundError, match="toy_meta.json"):
+        main(["toy-data", str(tmp_path), "--check-ranking", str(ranking)])

@@ -4,11 +4,12 @@ The demo and the tests train and evaluate on these through the same loaders as r
 Both domains share the scene grammar (sky, buildings, road, sidewalk, vegetation, poles, signs,
 cars, people); they differ in appearance: the source is saturated, flat and sharp (a game
 engine), the target has another palette, texture, blur, haze and sensor noise, and a "hard"
-fraction of the target is foggy or at night, so the entropy ranking has something to find.
+fraction of the target is rainy or at night, so the entropy ranking has something to find.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,7 +118,12 @@ def draw_scene(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
 
 
 def render(rng: np.random.Generator, ids: np.ndarray, domain: str, hard: str | None = None) -> np.ndarray:
-    """Paint a label map in the look of a domain; ``hard`` in {None, "fog", "night"}."""
+    """Paint a label map in the look of a domain; ``hard`` in {None, "rain", "night"}.
+
+    The hard conditions are chosen so that a source-trained model is *uncertain* on them (its
+    mean entropy rises above that of every clean target image in our checks), which is what the
+    entropy ranking looks for; dense fog or a dark night make such a model confidently wrong
+    instead, which no entropy ranking can find."""
     colors = SOURCE_COLORS if domain == "source" else TARGET_COLORS
     lut = np.zeros((256, 3), np.float32)
     for label_id, color in colors.items():
@@ -137,11 +143,11 @@ def render(rng: np.random.Generator, ids: np.ndarray, domain: str, hard: str | N
         image = cv2.GaussianBlur(image, (0, 0), 1.2)
         haze = np.linspace(0.25, 0.0, height, dtype=np.float32)[:, None, None]
         image = image * (1 - haze) + 190 * haze
-    if hard == "fog":
-        fog = np.linspace(0.85, 0.55, height, dtype=np.float32)[:, None, None]
-        image = image * (1 - fog) + 205 * fog + rng.normal(0, 6, image.shape).astype(np.float32)
-    elif hard == "night":
-        image = image * 0.25 + np.array([5, 8, 25], np.float32) + rng.normal(0, 14, image.shape).astype(np.float32)
+    if hard == "rain":  # patchy wet-street lighting, droplets blur, sensor noise
+        blotches = cv2.resize(rng.normal(0, 60, (height // 12 + 1, width // 12 + 1, 3)).astype(np.float32), (width, height))
+        image = cv2.GaussianBlur(image + blotches, (0, 0), 1.0) + rng.normal(0, 40, image.shape).astype(np.float32)
+    elif hard == "night":  # high-ISO night shot: darker, bluish, very noisy
+        image = image * 0.75 + np.array([0, 5, 20], np.float32) + rng.normal(0, 75, image.shape).astype(np.float32)
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
@@ -160,7 +166,7 @@ def generate(out: str | Path, spec: ToySpec = ToySpec()) -> dict:
         num_hard = round(count * spec.hard_fraction)
         for i in range(count):
             city = cities[i % len(cities)]
-            hard = ("fog", "night")[i % 2] if i < num_hard else None
+            hard = ("rain", "night")[i % 2] if i < num_hard else None
             ids = draw_scene(rng, tw, th)
             write_cityscapes(out / "Cityscapes", split, city, i, 19, render(rng, ids, "target", hard), ids)
             if hard and split == "train":
@@ -176,3 +182,25 @@ def generate(out: str | Path, spec: ToySpec = ToySpec()) -> dict:
     }
     write_json(out / "toy_meta.json", summary)
     return summary
+
+
+def ranking_recall(toy_root: str | Path, ranking_dir: str | Path) -> dict:
+    """How many of the generated hard (rainy/night) train images an entropy ranking put in its
+    hard split, against what a random split of the same sizes would find on average."""
+    meta_path = Path(toy_root) / "toy_meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} not found: {toy_root} is not toy data written by 'intrada toy-data'")
+    generated = set(json.loads(meta_path.read_text())["hard_train_images"])
+    splits = {}
+    for split in ("easy", "hard"):
+        path = Path(ranking_dir) / f"{split}.txt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: point at the ranking/ folder of an entropy ranking")
+        splits[split] = path.read_text().split()
+    total = len(splits["easy"]) + len(splits["hard"])
+    return {
+        "generated_hard": len(generated),
+        "ranked_hard": len(splits["hard"]),
+        "found": len(generated & set(splits["hard"])),
+        "chance": len(generated) * len(splits["hard"]) / total if total else 0.0,
+    }

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -31,6 +30,8 @@ from typing import Any, Literal, Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from intrada_pl.io import atomic_path
 
 __all__ = [
     "CALIBRATION_MODES",
@@ -534,14 +535,13 @@ def plot_strengths(
     strengths: Mapping[str, Mapping[str, Tensor]], path: str | os.PathLike[str], title: str | None = None
 ) -> Path:
     """Write a PNG of per-layer channel mean +- std of the mean and variance strengths against
-    the layer index (input of :func:`learned_strengths`). Atomic: temp file + os.replace."""
+    the layer index (input of :func:`learned_strengths`), atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend change
     from matplotlib.figure import Figure
 
     if not strengths:
         raise ValueError("no strengths to plot")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     names = list(strengths)
     xs = list(range(len(names)))
     fig = Figure(figsize=(max(6.0, 0.12 * len(names) + 3.0), 4.0), dpi=100)
@@ -560,12 +560,6 @@ def plot_strengths(
     ax.legend(loc="best")
     ax.set_title(title or f"Calibration strengths over {len(names)} layers (channel mean ± std)")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path

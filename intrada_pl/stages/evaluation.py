@@ -110,7 +110,7 @@ def format_results_table(results: dict[str, dict[str, dict]]) -> str:
     """target x method -> mIoU (%), ECE (%), seconds per image."""
     methods = list(dict.fromkeys(m for per_target in results.values() for m in per_target))
     width = max(len("target"), *(len(t) for t in results))
-    cell = max(22, *(len(m) + 2 for m in methods))
+    cell = max(26, *(len(m) + 2 for m in methods))
     lines = ["mIoU (%) / ECE (%) / seconds per image", f"{'target':<{width}}" + "".join(f"{m:>{cell}}" for m in methods)]
     for target, per_method in results.items():
         row = f"{target:<{width}}"
