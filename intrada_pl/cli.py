@@ -165,6 +165,22 @@ def pipeline_main(args: Sequence[str]) -> None:
     Pipeline.from_yaml(parser.parse_args(args).config).run()
 
 
+def run() -> None:
+    """The console script: :func:`main`, with bad input (a dataset root, list, label file or
+    checkpoint that does not fit) reported as one message and exit status 2 instead of a
+    traceback. ``INTRADA_TRACEBACK=1`` shows the traceback too."""
+    from intrada_pl.data.datasets import DatasetLayoutError, LabelFormatError
+    from intrada_pl.models.weights import CheckpointMismatchError
+
+    try:
+        main()
+    except (DatasetLayoutError, LabelFormatError, CheckpointMismatchError, FileNotFoundError) as error:
+        if os.environ.get("INTRADA_TRACEBACK"):
+            raise
+        print(f"intrada: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main(args: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if args is None else args)
     command = args[0] if args else None
@@ -192,4 +208,4 @@ def main(args: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -125,3 +125,19 @@ def test_toy_data_check_ranking_counts_generated_hard_images_ranked_hard(toy_roo
     assert sorted(p.name for p in ranking.iterdir()) == ["easy.txt", "hard.txt"]  # nothing written
     with pytest.raises(FileNotFoundError, match="toy_meta.json"):
         main(["toy-data", str(tmp_path), "--check-ranking", str(ranking)])
+
+
+def test_console_script_reports_bad_input_in_one_message(monkeypatch, capsys, tmp_path):
+    from intrada_pl.cli import run
+
+    monkeypatch.delenv("INTRADA_TRACEBACK", raising=False)
+    monkeypatch.setattr("sys.argv", ["intrada", "inspect", "gta5", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"intrada: error: GTA5: dataset root {tmp_path / 'missing'} does not exist")
+    assert "Expected layout" in err and "labels/00001.png" in err and "Traceback" not in err
+    monkeypatch.setenv("INTRADA_TRACEBACK", "1")
+    with pytest.raises(FileNotFoundError, match="Expected layout"):
+        run()
