@@ -130,7 +130,7 @@ class InterDomainModule(SegmentationModule):
         opt_g.step()
         self.untoggle_optimizer(opt_g)
 
-        if self.hparams.method == "advent":
+        if self.hparams.method == "advent" and target is not None:
             terms.update(self.discriminator_step(opt_ds, source_logits, target_logits))
 
         for scheduler in self._schedulers():
@@ -141,18 +141,12 @@ class InterDomainModule(SegmentationModule):
             self.log("train/lr_d", opt_ds[0].param_groups[0]["lr"])
 
     def discriminator_step(self, opt_ds: list, source_logits: dict[str, Tensor], target_logits: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Update D_aux and D_main from detached maps; the generator receives no gradient.
-
-        Without a target batch (IntraDA with nothing hard) the discriminators get no gradient,
-        so their steps change nothing; they are still taken so that an iteration is always
-        three optimiser steps and ``max_steps`` means the same for every ``lambda_``."""
+        """Update D_aux and D_main from detached maps; the generator receives no gradient."""
         for opt in opt_ds:
             opt.zero_grad()
-        terms = {}
-        if target_logits:
-            terms = self.discriminator_losses(source_logits, target_logits)
-            self.guard_finite({k: v for k, v in terms.items() if "loss" in k})
-            self.manual_backward(sum(terms[f"train/loss_d_{level}"] for level in self.levels))
+        terms = self.discriminator_losses(source_logits, target_logits)
+        self.guard_finite({k: v for k, v in terms.items() if "loss" in k})
+        self.manual_backward(sum(terms[f"train/loss_d_{level}"] for level in self.levels))
         for opt in opt_ds:
             opt.step()
         return terms
