@@ -36,7 +36,7 @@ clean-demo:
 # Stage 2, entropy ranking (configs/rank_gta5.yaml): writes runs/rank_gta5/ranking/ (or OUT/ranking/),
 # where the intra-domain stage reads it.
 rank: install
-	@test -n "$(CKPT)" || { echo "usage: make rank CKPT=INTER_CKPT [LAMBDA=0.67] [DATA=data/Cityscapes] [CONFIG=configs/rank_gta5.yaml] [OUT=runs/rank_gta5]"; exit 2; }
+	@test -n "$(CKPT)" || { echo "usage: make rank CKPT=INTER_CKPT (a .ckpt of ours or a released ADVENT .pth) [LAMBDA=0.67] [DATA=data/Cityscapes] [CONFIG=configs/rank_gta5.yaml] [OUT=runs/rank_gta5]"; exit 2; }
 	$(BIN)/intrada predict --config $(or $(CONFIG),configs/rank_gta5.yaml) --ckpt_path $(CKPT) \
 		$(if $(LAMBDA),--trainer.callbacks.init_args.lambda_ $(LAMBDA)) \
 		$(if $(DATA),--data.init_args.root $(DATA)) \

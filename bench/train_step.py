@@ -1,21 +1,29 @@
-"""Seconds per ADVENT training step: through Lightning vs a bare PyTorch loop, side by side.
+"""One ADVENT iteration through Lightning vs a bare PyTorch loop in the official order: seconds
+per iteration and peak memory, side by side.
 
-Both paths run the same InterDomainModule computation (same weights, sizes, batch, optimisers:
-SGD for the generator, Adam for D_aux and D_main, poly schedules, the finiteness check) on the
-same in-memory batches; rounds of each are alternated in one process so machine noise hits both.
-The Lightning time per step is the interval between consecutive ``on_train_batch_start`` calls,
-so it includes the loop, hooks, logging and data fetching but not Trainer start-up.
+The bare loop is the official ``train_advent`` body (REFERENCE A3) on our modules: source forward,
+its loss backward (the source graph is freed), target forward, adversarial loss backward through
+frozen discriminators, discriminator losses backward, then the optimisers and the poly schedule
+step. Both paths use the same weights, sizes, in-memory batches, optimisers and finiteness checks.
+Each side runs in a fresh process (peak RSS is a per-process high-water mark; on a GPU,
+``max_memory_allocated``), and processes alternate round by round so machine noise hits both.
+The Lightning time per iteration is the interval between consecutive ``on_train_batch_start``
+calls: loop, hooks, logging and data fetching included, Trainer start-up excluded.
 
-    python bench/train_step.py                       # CPU default: ResNet-50, 128x256
-    python bench/train_step.py --depth 101 --height 512 --width 1024 --precision bf16-mixed   # GPU
+    python bench/train_step.py                                                  # CPU default: ResNet-50, small
+    python bench/train_step.py --depth 101 --source 720 1280 --target 512 1024  # the real sizes
+    python bench/train_step.py --depth 101 --source 720 1280 --target 512 1024 --precision bf16-mixed   # GPU
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import json
 import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -24,13 +32,14 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from intrada_pl.stages.inter import InterDomainModule  # noqa: E402
+from intrada_pl.losses import adversarial_loss, segmentation_loss, self_information  # noqa: E402
+from intrada_pl.stages.inter import SOURCE, TARGET, InterDomainModule  # noqa: E402
 
 
 class FixedBatches(Dataset):
-    """``n`` random source/target items held in memory (no I/O in either path)."""
+    """``n`` random items of one size held in memory (no I/O in either path)."""
 
-    def __init__(self, n: int, height: int, width: int, seed: int = 0) -> None:
+    def __init__(self, n: int, height: int, width: int, seed: int) -> None:
         gen = torch.Generator().manual_seed(seed)
         self.images = torch.randint(0, 256, (n, 3, height, width), generator=gen, dtype=torch.uint8)
         self.labels = torch.randint(0, 19, (n, height, width), generator=gen)
@@ -42,7 +51,7 @@ class FixedBatches(Dataset):
         return {"image": self.images[i], "label": self.labels[i], "name": str(i)}
 
 
-class StepClock(L.Callback):
+class IterationClock(L.Callback):
     def __init__(self) -> None:
         self.starts: list[float] = []
 
@@ -55,88 +64,111 @@ class StepClock(L.Callback):
         self.on_train_batch_start(trainer, pl_module, None, -1)
 
 
-def lightning_round(module: InterDomainModule, data: FixedBatches, steps: int, args) -> list[float]:
-    clock = StepClock()
+def lightning_iterations(module: InterDomainModule, loaders: dict, args) -> list[float]:
+    clock = IterationClock()
     trainer = L.Trainer(
-        accelerator=args.accelerator, devices=1, precision=args.precision, max_steps=3 * steps, logger=False,
+        accelerator=args.accelerator, devices=1, precision=args.precision, max_steps=args.iterations + 1, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[clock],
     )
-    loaders = {"source": DataLoader(data, batch_size=args.batch), "target": DataLoader(data, batch_size=args.batch)}
     trainer.fit(module, train_dataloaders=loaders)
-    return [b - a for a, b in zip(clock.starts[1:], clock.starts[2:])]  # drop the first (warm-up) step
+    return [b - a for a, b in zip(clock.starts[1:], clock.starts[2:])]  # the first (warm-up) iteration dropped
 
 
-def bare_round(module: InterDomainModule, optimizers, schedulers, data: FixedBatches, steps: int, args) -> list[float]:
-    """The same step in plain PyTorch: G update through frozen Ds, then D updates, then schedules."""
+def finite(terms: list[torch.Tensor]) -> None:
+    assert torch.stack([t.detach().float() for t in terms]).isfinite().all()
+
+
+def bare_iterations(module: InterDomainModule, loaders: dict, args) -> list[float]:
+    """The official loop's body, in its order."""
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
+    module = module.to(device).train()
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(args.precision)
-    opt_g, opt_ds = optimizers[0], optimizers[1:]
-    d_params = [p for name, p in module.named_parameters() if name.startswith("d_")]
-    loader = DataLoader(data, batch_size=args.batch)
+    config = module.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    d_params = [p for d in module.discriminators() for p in d.parameters()]
     times, start = [], None
-    for i, item in zip(range(steps + 1), loader):
+    for i, (source, target) in enumerate(zip(loaders["source"], loaders["target"])):
         if device.type == "cuda":
             torch.cuda.synchronize()
         now = time.perf_counter()
-        if start is not None and i > 1:
+        if i > 1:
             times.append(now - start)
         start = now
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in item.items()}
+        if i == args.iterations + 1:
+            break
+        source = {k: v.to(device) for k, v in source.items() if torch.is_tensor(v)}
+        target = {k: v.to(device) for k, v in target.items() if torch.is_tensor(v)}
+        optimizer.zero_grad()
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             for p in d_params:
                 p.requires_grad_(False)
-            opt_g.zero_grad()
-            terms, source_logits, target_logits = module.generator_losses(batch, batch)
-            assert torch.stack([t.detach().float() for t in terms.values()]).isfinite().all()
-            module.generator_objective(terms).backward()
-            opt_g.step()
+            source_logits = module.upsampled_levels(*module.model(source["image"]), source["image"])
+            seg = [segmentation_loss(source_logits[level], source["label"]) for level in ("main", "aux")]
+            finite(seg)
+            (seg[0] + 0.1 * seg[1]).backward()
+            target_logits = module.upsampled_levels(*module.model(target["image"]), target["image"])
+            adv = [adversarial_loss(module.discriminator(level)(self_information(target_logits[level])), SOURCE) for level in ("main", "aux")]
+            finite(adv)
+            (0.001 * adv[0] + 0.0002 * adv[1]).backward()
             for p in d_params:
                 p.requires_grad_(True)
-            for opt in opt_ds:
-                opt.zero_grad()
-            d_terms = module.discriminator_losses(source_logits, target_logits)
-            assert torch.stack([t.detach().float() for k, t in d_terms.items() if "loss" in k]).isfinite().all()
-            sum(d_terms[f"train/loss_d_{level}"] for level in module.levels).backward()
-            for opt in opt_ds:
-                opt.step()
-            for scheduler in schedulers:
-                scheduler.step()
+            for logits, domain in ((source_logits, SOURCE), (target_logits, TARGET)):
+                for level in ("aux", "main"):
+                    loss = adversarial_loss(module.discriminator(level)(self_information(logits[level].detach())), domain) / 2
+                    finite([loss])
+                    loss.backward()
+        optimizer.step()
+        scheduler.step()
     return times
+
+
+def worker(args) -> None:
+    """One side in this process: print its iteration times and peak memory as JSON."""
+    L.seed_everything(0, verbose=False)
+    torch.set_num_threads(args.threads)
+    module = InterDomainModule(depth=args.depth)
+    n = args.iterations + 2
+    loaders = {
+        "source": DataLoader(FixedBatches(n, *args.source, seed=0), batch_size=1),
+        "target": DataLoader(FixedBatches(n, *args.target, seed=1), batch_size=1),
+    }
+    times = (lightning_iterations if args.worker == "lightning" else bare_iterations)(module, loaders, args)
+    peak = torch.cuda.max_memory_allocated() if args.accelerator == "gpu" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"times": times, "peak_bytes": peak}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=50, choices=(18, 50, 101))
-    parser.add_argument("--height", type=int, default=128)
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per round (plus one warm-up)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--source", type=int, nargs=2, default=(144, 256), metavar=("H", "W"), help="source input size")
+    parser.add_argument("--target", type=int, nargs=2, default=(128, 256), metavar=("H", "W"), help="target input size")
+    parser.add_argument("--iterations", type=int, default=4, help="timed iterations per round (plus one warm-up)")
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--accelerator", default="gpu" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="32-true")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads; 1 avoids OpenMP spin collapse on a shared 2-core box")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--worker", choices=("lightning", "bare"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    L.seed_everything(0, verbose=False)
-    torch.set_num_threads(args.threads)
+    if args.worker:
+        return worker(args)
 
-    template = InterDomainModule(depth=args.depth)
-    data = FixedBatches((args.steps + 2) * args.batch, args.height, args.width)
-    lightning_times, bare_times = [], []
+    results: dict[str, dict] = {"lightning": {"times": [], "peaks": []}, "bare": {"times": [], "peaks": []}}
     for _ in range(args.rounds):
-        lightning_times += lightning_round(copy.deepcopy(template), data, args.steps + 1, args)
-        torch.set_num_threads(args.threads)
-        module = copy.deepcopy(template).to("cuda" if args.accelerator == "gpu" else "cpu").train()
-        config = module.configure_optimizers()
-        optimizers, schedulers = config[0], [s["scheduler"] for s in config[1]]
-        bare_times += bare_round(module, optimizers, schedulers, data, args.steps + 1, args)
-
-    lightning_s, bare_s = statistics.median(lightning_times), statistics.median(bare_times)
-    device = torch.cuda.get_device_name() if args.accelerator == "gpu" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {device}; DeepLabV2-ResNet-{args.depth}, {args.height}x{args.width}, batch {args.batch}, {args.precision}")
-    print(f"lightning: {lightning_s:.4f} s/step (median of {len(lightning_times)})")
-    print(f"bare loop: {bare_s:.4f} s/step (median of {len(bare_times)})")
-    print(f"ratio lightning/bare: {lightning_s / bare_s:.3f}")
+        for side in results:
+            out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker", side], capture_output=True, text=True, check=True)
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            results[side]["times"] += result["times"]
+            results[side]["peaks"].append(result["peak_bytes"])
+    seconds = {side: statistics.median(r["times"]) for side, r in results.items()}
+    peak = {side: max(r["peaks"]) for side, r in results.items()}
+    device = torch.cuda.get_device_name() if args.accelerator == "gpu" else f"CPU ({args.threads} threads)"
+    memory = "max_memory_allocated" if args.accelerator == "gpu" else "peak RSS"
+    print(f"device: {device}; DeepLabV2-ResNet-{args.depth}, source {args.source[0]}x{args.source[1]} + target "
+          f"{args.target[0]}x{args.target[1]}, batch 1, {args.precision}")
+    for side in results:
+        print(f"{side:9s}: {seconds[side]:.3f} s/iteration (median of {len(results[side]['times'])}), {memory} {peak[side] / 2**30:.2f} GiB")
+    print(f"ratio lightning/bare: time {seconds['lightning'] / seconds['bare']:.3f}, memory {peak['lightning'] / peak['bare']:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,45 @@
-"""Dashboards: validation image panels and the per-class IoU table (W&B; TensorBoard as fallback)."""
+"""Callbacks: checkpoints of a run's folder, and dashboards (validation image panels and the
+per-class IoU table in W&B; TensorBoard as fallback)."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import torch
+import os
+
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
 from intrada_pl.data.labels import CLASS_NAMES, IGNORE_INDEX, colorize
 from intrada_pl.losses import normalized_entropy
 
 CLASS_LABELS = {**dict(enumerate(CLASS_NAMES)), IGNORE_INDEX: "ignore"}
+
+
+class ModelCheckpoint(LightningModelCheckpoint):
+    """Lightning's ModelCheckpoint in the run's folder, saving the final iteration too.
+
+    ``dirpath`` defaults to ``<trainer.default_root_dir>/checkpoints``, so a config's run lives in
+    one stable folder and ``--ckpt_path last`` finds what it continues. Without a ``monitor``
+    (the "latest" checkpoint), it also saves when training ends: Lightning saves only after a
+    validation, so with ``max_steps`` not a multiple of the validation interval the final
+    iterations were lost and ``last.ckpt`` was stale. (Uses ModelCheckpoint's own save steps,
+    as its ``on_validation_end`` does; Lightning is pinned below 2.7.)
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.dirpath is None:
+            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+        super().setup(trainer, pl_module, stage)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.monitor is None and not self._should_skip_saving_checkpoint(trainer):
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+        super().on_train_end(trainer, pl_module)
 
 
 class SegmentationPanels(Callback):

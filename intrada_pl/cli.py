@@ -13,19 +13,30 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would query PyPI on import
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
+import warnings  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
-from lightning.pytorch.cli import LightningCLI  # noqa: E402
+from lightning.pytorch import Callback, Trainer  # noqa: E402
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI  # noqa: E402
+from lightning.pytorch.plugins.io import TorchCheckpointIO  # noqa: E402
 
+from intrada_pl.checkpoint_io import AtomicCheckpointIO  # noqa: E402
+from intrada_pl.checkpoints import build_segmenter  # noqa: E402
 from intrada_pl.io import write_json  # noqa: E402
+from intrada_pl.models.deeplabv2 import DeepLabV2  # noqa: E402
+from intrada_pl.models.weights import CheckpointMismatchError, is_lightning_checkpoint, read_checkpoint  # noqa: E402
+from intrada_pl.runs import place_loggers, resolve_resume  # noqa: E402
 
 # Imported so that short class names (``SegmentationModule``, ``SourceTargetDataModule``) resolve in configs.
 from intrada_pl.data import datamodules  # noqa: E402,F401
 from intrada_pl.stages import calibration, inter, intra, segmentation  # noqa: E402,F401
 from intrada_pl.stages.evaluation import EvaluationDataModule, Evaluator, strength_grid  # noqa: E402
 from intrada_pl.stages.segmentation import SegmentationEvalModule  # noqa: E402
+
+# main() dispatches on the command and hands LightningCLI the arguments itself, which LightningCLI
+# warns about whenever sys.argv holds arguments too: on every run of the console script.
+warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
 
 USAGE = """usage: intrada COMMAND [options]
 
@@ -41,17 +52,67 @@ commands:
   pipeline   the whole method:         intrada pipeline --config configs/pipeline_gta5.yaml
   toy-data   write the demo data:      intrada toy-data OUT [--check-ranking RANKING_DIR]
   inspect    check a dataset on disk:  intrada inspect {gta5,synthia,synscapes,cityscapes,...} ROOT [--split S] [--json]
+                                         [--option KEY=VALUE ...] (e.g. condition=night); exit 1 if problems
 
 'intrada COMMAND --help' lists a command's options."""
 
 
 class TrainingCLI(LightningCLI):
-    """fit / validate / predict over any stage (``test`` has its own CLI, see :class:`EvaluationCLI`)."""
+    """fit / validate / predict over any stage (``test`` has its own CLI, see :class:`EvaluationCLI`).
+
+    A config's run lives in ``trainer.default_root_dir`` (:mod:`intrada_pl.runs`): loggers without
+    ``save_dir`` log there, ``--ckpt_path last`` resumes its ``last.ckpt`` or fails, and
+    ``--ckpt_path last_if_present`` resumes it or starts fresh.
+
+    ``--ckpt_path`` takes our Lightning checkpoints, restored by Lightning (class and architecture
+    from their hyperparameters), and, for validate / predict, a bare DeepLabV2 state dict such as
+    the released ADVENT / IntraDA ``.pth``: Lightning cannot restore that, so the configured
+    module gets the segmenter rebuilt from it instead (architecture read off the weights, as
+    ``intrada test`` does). The summary of a ranking names it like any checkpoint.
+    """
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         commands = LightningCLI.subcommands()
         return {name: commands[name] for name in ("fit", "validate", "predict")}
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        super().parse_arguments(parser, args)
+        self.weights: tuple[str, DeepLabV2] | None = None
+        command = self.config.get("subcommand")
+        config = self.config[command] if command else {}
+        if command:  # the run folder (intrada_pl.runs): loggers' save_dir, --ckpt_path last / last_if_present
+            place_loggers(config.trainer)
+            config.ckpt_path = resolve_resume(config.get("ckpt_path"), config.trainer)
+        path = config.get("ckpt_path")
+        if not path or not os.path.isfile(path):  # "last", "best", or a missing file: Lightning's to report
+            return
+        blob = read_checkpoint(path)  # one clear error for a file that is no checkpoint at all
+        if is_lightning_checkpoint(blob):
+            return
+        if command == "fit":
+            raise CheckpointMismatchError(
+                f"{path} holds weights, not a Lightning checkpoint to resume training from; "
+                f"start from them with --model.init_args.pretrained {path}")
+        segmenter, _ = build_segmenter(blob, path, config.get("model.init_args.num_classes"))
+        self.weights = (path, segmenter)
+        config.ckpt_path = None
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """Lightning's Trainer, saving checkpoints beside their target (:class:`AtomicCheckpointIO`)
+        unless a CheckpointIO plugin was given, and with its loggers that are callbacks too (the
+        CSVLogger's resume hook, :class:`intrada_pl.loggers.CSVLogger`) among its callbacks."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        trainer.callbacks += [logger for logger in trainer.loggers if isinstance(logger, Callback) and logger not in trainer.callbacks]
+        return trainer
+
+    def after_instantiate_classes(self) -> None:
+        if self.weights is not None:
+            path, segmenter = self.weights
+            self.model.model = segmenter
+            self.model.weights_file = path  # what the ranking's summary names
 
 
 class EvaluationCLI(LightningCLI):
@@ -131,17 +192,11 @@ def toy_data_main(args: Sequence[str]) -> None:
 
 
 def inspect_main(args: Sequence[str]) -> None:
-    from intrada_pl.data.datasets import DATASETS
-    from intrada_pl.data.inspect import format_report, inspect_dataset
+    """``intrada inspect``: exit status 1 when the report lists problems (scripts gate on it)."""
+    from intrada_pl.data.inspect import main as inspect
 
-    parser = argparse.ArgumentParser(prog="intrada inspect", description="Report a dataset's images, sizes, class pixels and problems.")
-    parser.add_argument("dataset", help=f"one of {', '.join(DATASETS)} or a dotted class path")
-    parser.add_argument("root")
-    parser.add_argument("--split", default=None)
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    ns = parser.parse_args(args)
-    report = inspect_dataset(ns.dataset, ns.root, split=ns.split)
-    print(json.dumps(report, indent=2) if ns.json else format_report(report))
+    if inspect(args, prog="intrada inspect"):
+        raise SystemExit(1)
 
 
 def calibrate_grid_main(args: Sequence[str]) -> None:
@@ -168,16 +223,23 @@ def pipeline_main(args: Sequence[str]) -> None:
 def run() -> None:
     """The console script: :func:`main`, with bad input (a dataset root, list, label file or
     checkpoint that does not fit) reported as one message and exit status 2 instead of a
-    traceback. ``INTRADA_TRACEBACK=1`` shows the traceback too."""
+    traceback. ``INTRADA_TRACEBACK=1`` shows the traceback too.
+
+    A class's ``__init__`` that refuses its arguments (a calibration ``init_ckpt`` that is no
+    checkpoint) reaches here wrapped in jsonargparse's ValueError, with the error as its cause."""
     from intrada_pl.data.datasets import DatasetLayoutError, LabelFormatError
-    from intrada_pl.models.weights import CheckpointMismatchError
+    from intrada_pl.pipeline import PipelineError
 
     try:
         main()
-    except (DatasetLayoutError, LabelFormatError, CheckpointMismatchError, FileNotFoundError) as error:
-        if os.environ.get("INTRADA_TRACEBACK"):
+    except Exception as error:
+        cause: BaseException | None = error
+        known = (DatasetLayoutError, LabelFormatError, CheckpointMismatchError, FileNotFoundError, PipelineError)
+        while cause is not None and not isinstance(cause, known):
+            cause = cause.__cause__
+        if cause is None or os.environ.get("INTRADA_TRACEBACK"):
             raise
-        print(f"intrada: error: {error}", file=sys.stderr)
+        print(f"intrada: error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

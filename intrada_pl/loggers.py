@@ -1,13 +1,23 @@
-"""W&B that works out of the box: offline unless the user is logged in."""
+"""Loggers that work out of the box: W&B offline unless the user is logged in; a CSV log that
+survives reruns and resumes."""
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 from typing import Any
 from urllib.parse import urlparse
 
+import lightning as L
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from intrada_pl.io import atomic_path
 
 
 def wandb_logged_in() -> bool:
@@ -22,15 +32,115 @@ def wandb_logged_in() -> bool:
 
 
 class WandbLogger(LightningWandbLogger):
-    """Lightning's WandbLogger with ``offline`` decided for the user when not given.
+    """Lightning's WandbLogger with ``offline`` decided for the user when not given, writing into
+    the run folder (``trainer.default_root_dir``, :mod:`intrada_pl.runs`) when ``save_dir`` is unset.
 
     ``WANDB_MODE`` wins when set (``offline``, ``online``, ``disabled``); otherwise runs are
     synced only if the user is logged in, and written to ``<save_dir>/wandb/offline-run-*``
     (upload later with ``wandb sync``) if not, instead of failing for want of an API key.
     """
 
-    def __init__(self, *args: Any, offline: bool | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, save_dir: str | None = None, offline: bool | None = None, **kwargs: Any) -> None:
         if offline is None:
             mode = os.environ.get("WANDB_MODE")
             offline = mode in ("offline", "dryrun") if mode else not wandb_logged_in()
-        super().__init__(*args, offline=offline, **kwargs)
+        super().__init__(*args, save_dir=save_dir or ".", offline=offline, **kwargs)
+
+
+class AppendingWriter(ExperimentWriter):
+    """Lightning's ``metrics.csv`` writer, keeping the file a previous run left (Lightning deletes it
+    as soon as the writer exists, even for a run that fails at once).
+
+    At this run's first write, the previous rows are rewritten once under a header with the union of
+    the old and new columns, less those a resumed fit logs again (:meth:`resume`); then rows are
+    appended. Every rewrite is atomic.
+    """
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        self._resuming = False
+        self._merged = False
+
+    def _check_log_dir_exists(self) -> None:
+        """Lightning deletes ``metrics.csv`` here: keep it."""
+
+    def resume(self) -> None:
+        """At the next write, drop the previous run's last rows logged at or after the first step
+        this run logs: a resumed fit logs the same steps again from its checkpoint on."""
+        self._resuming, self._merged = True, False
+
+    def save(self) -> None:
+        if self.metrics and not self._merged:
+            self._merge()
+        super().save()
+
+    def _merge(self) -> None:
+        keys, rows = self._read()
+        if self._resuming:
+            while rows and not _logged_before(rows[-1], self.metrics[0]["step"]):
+                rows.pop()
+        self.metrics_keys = sorted(set(keys).union(*self.metrics))
+        if os.path.isfile(self.metrics_file_path):
+            self._write(self.metrics_keys, rows)
+        self._merged = True
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        """Lightning's, atomic: a crash mid-rewrite would lose the whole log."""
+        self._write(fieldnames, self._read()[1])
+
+    def _read(self) -> tuple[list[str], list[dict[str, str]]]:
+        if not os.path.isfile(self.metrics_file_path):
+            return [], []
+        with open(self.metrics_file_path, newline="") as file:
+            reader = csv.DictReader(file)
+            rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+    def _write(self, fieldnames: list[str], rows: list[dict[str, str]]) -> None:
+        with atomic_path(self.metrics_file_path) as tmp, open(tmp, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _logged_before(row: dict[str, str], step: int) -> bool:
+    """False for a row at ``step`` or later, and for a row cut short by a crash (no step)."""
+    try:
+        return int(row["step"]) < step
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+class CSVLogger(LightningCSVLogger, Callback):
+    """Lightning's CSVLogger, but one ``metrics.csv`` per run folder that reads like one run.
+
+    - A rerun with the same ``version`` appends to ``metrics.csv`` instead of deleting it (new
+      metric keys widen the header); nothing is rewritten before the run logs.
+    - A resumed fit (``--ckpt_path``) first drops the rows the killed run logged after its
+      checkpoint: the trailing rows from the first step it logs itself on, which it logs again
+      (same logging cadence). It learns that it resumes as a callback (``on_train_start``):
+      ``intrada fit`` registers it; with a bare Trainer, pass it in ``callbacks`` too.
+    - Logged rows are flushed whenever a checkpoint is saved, so a killed run loses none of the
+      rows its checkpoint covers (Lightning otherwise flushes every ``flush_logs_every_n_steps``).
+    """
+
+    def __init__(self, save_dir: str | None = None, name: str | None = "", version: int | str | None = "logs", **kwargs: Any) -> None:
+        """``save_dir`` unset: the run folder (``trainer.default_root_dir``, :mod:`intrada_pl.runs`), so the
+        log is ``<run>/logs/metrics.csv``."""
+        super().__init__(save_dir if save_dir is not None else ".", name=name, version=version, **kwargs)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> AppendingWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+    @rank_zero_only
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is not None:
+            self.experiment.resume()
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        self.save()

@@ -20,11 +20,11 @@ def fit_config(toy_root, run_dir, stage: str = "intrada_pl.stages.segmentation.S
             "default_root_dir": str(run_dir),
             "callbacks": [
                 {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "class_path": "intrada_pl.callbacks.ModelCheckpoint",
                     "init_args": {"dirpath": str(run_dir / "checkpoints"), "monitor": "val/mIoU", "mode": "max", "filename": "best-{step}"},
                 },
                 {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "class_path": "intrada_pl.callbacks.ModelCheckpoint",
                     "init_args": {"dirpath": str(run_dir / "checkpoints"), "save_last": "link"},
                 },
             ],

@@ -15,12 +15,12 @@ def flat(tensors) -> torch.Tensor:
 
 class StepRecorder(Callback):
     """Snapshots generator and discriminator weights before every optimiser step, the logged
-    metrics after every batch, and the learning rates at the end."""
+    metrics after every batch, and the learning rate of every named parameter group at the end."""
 
     def __init__(self) -> None:
         self.snapshots: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         self.metrics: list[dict[str, float]] = []
-        self.lrs: list[list[float]] = []
+        self.lrs: dict[str, float] = {}
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         index = [o.optimizer if hasattr(o, "optimizer") else o for o in trainer.optimizers].index(
@@ -33,7 +33,7 @@ class StepRecorder(Callback):
         self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.lrs = [[group["lr"] for group in opt.param_groups] for opt in trainer.optimizers]
+        self.lrs = {group["name"]: group["lr"] for opt in trainer.optimizers for group in opt.param_groups}
 
 
 class DDPProbe(Callback):

@@ -63,7 +63,7 @@ def _augmented_batch(module: CalibrationModule, toy_root) -> dict:
 
 def test_one_epoch_lowers_augmented_source_loss_and_trains_only_strengths(source_ckpt, toy_root, tmp_path):
     L.seed_everything(0)
-    module = CalibrationModule(str(source_ckpt), lr=0.05, schedule_steps=4)
+    module = CalibrationModule(str(source_ckpt), lr=0.05, schedule_steps=4, warmup_steps=0)
     assert {n for n, p in module.named_parameters() if p.requires_grad} == {
         f"model.{name}.{key}" for name, m in module.model.named_modules() if isinstance(m, CalibratedBatchNorm) for key in STRENGTH_KEYS
     }
@@ -100,7 +100,7 @@ def _fit_config(source_ckpt, toy_root, run_dir, calibration: str) -> dict:
         },
         "model": {
             "class_path": "CalibrationModule",
-            "init_args": {"init_ckpt": str(source_ckpt), "calibration": calibration, "hidden_dim": 16, "schedule_steps": 2},
+            "init_args": {"init_ckpt": str(source_ckpt), "calibration": calibration, "hidden_dim": 16, "schedule_steps": 2, "warmup_steps": 0},
         },
         "data": {
             "class_path": "SourceTargetDataModule",

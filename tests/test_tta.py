@@ -108,7 +108,9 @@ def test_manual_zero_is_plain_bn_and_per_image_methods_ignore_the_batch():
         methods = [MethodSpec.parse(s) for s in ("none", "manual@0", "bn_adapt")]
         none, manual0, adapt = build_test_methods(model, {"path": "m.pth", "calibration": None}, methods)
         assert torch.equal(none(x)[1], plain) and torch.equal(manual0(x)[1], plain)
-        assert torch.allclose(adapt(x)[1][1:2], adapt(x[1:2])[1], atol=1e-5)
+        # equal up to float32 rounding: oneDNN picks other convolution kernels for another batch
+        # size, and 18 per-image normalisations carry their last-bit differences (~1e-5 here on AMD)
+        torch.testing.assert_close(adapt(x)[1][1:2], adapt(x[1:2])[1], rtol=1e-4, atol=1e-4)
 
 
 def test_learned_method_needs_a_calibration_checkpoint():

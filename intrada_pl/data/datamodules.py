@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from intrada_pl.data.datasets import SegmentationDataset, _resize_nearest, build_dataset, read_index_png
-from intrada_pl.data.transforms import SegmentationTransform, Size
+from intrada_pl.data.datasets import SegmentationDataset, build_dataset, read_index_png, resize_nearest
+from intrada_pl.data.transforms import Resampling, SegmentationTransform, Size
 
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, train: bool) -> DataLoader:
@@ -44,6 +44,9 @@ class AdaptationDataModule(L.LightningDataModule):
     ``max_size_cycle`` mode: an epoch is one pass over the source, the target cycles), each batch
     ``{"image": uint8 Bx3xHxW, "label": long BxHxW (255 = ignore), "name": list[str]}``.
     Validation images are resized to ``val_size`` with labels kept at full resolution.
+    ``resize``: ``"pil"`` (default) resizes exactly as the reference (PIL bicubic images, PIL
+    nearest labels); ``"opencv"`` resizes images with OpenCV's bicubic, faster but not
+    antialiased (see :mod:`intrada_pl.data.transforms`).
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class AdaptationDataModule(L.LightningDataModule):
         batch_size: int = 1,
         val_batch_size: int = 1,
         num_workers: int = 4,
+        resize: Resampling = "pil",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -64,12 +68,14 @@ class AdaptationDataModule(L.LightningDataModule):
 
     def train_transform(self, size: Size | None) -> SegmentationTransform:
         hp = self.hparams
-        return SegmentationTransform(size, scale_range=hp.scale_range, crop_size=hp.crop_size, hflip=hp.hflip)
+        return SegmentationTransform(
+            size, scale_range=hp.scale_range, crop_size=hp.crop_size, hflip=hp.hflip, resize=hp.resize
+        )
 
     def build_val_set(self, dataset: str, root: str, options: dict[str, Any] | None) -> None:
         hp = self.hparams
         self.val_set = build_dataset(dataset, root, split=hp.val_split, list_file=hp.val_list, **(options or {}))
-        self.val_set.transform = SegmentationTransform(hp.val_size, resize_label=False)
+        self.val_set.transform = SegmentationTransform(hp.val_size, resize_label=False, resize=hp.resize)
 
     def train_dataloader(self) -> dict[str, DataLoader]:
         hp = self.hparams
@@ -127,8 +133,9 @@ class SourceTargetDataModule(AdaptationDataModule):
 class TargetDataModule(L.LightningDataModule):
     """One dataset split for evaluation (``test``) or inference (``predict``, e.g. the entropy ranking).
 
-    Images are resized to ``size``; labels stay at full resolution so scores are taken at the
-    ground truth's resolution, as in the reference evaluation.
+    Images are resized to ``size`` (``resize``: ``"pil"``, the reference's pixels, or the faster
+    ``"opencv"``); labels stay at full resolution so scores are taken at the ground truth's
+    resolution, as in the reference evaluation.
     """
 
     def __init__(
@@ -142,6 +149,7 @@ class TargetDataModule(L.LightningDataModule):
         options: dict[str, Any] | None = None,
         batch_size: int = 1,
         num_workers: int = 4,
+        resize: Resampling = "pil",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -152,7 +160,7 @@ class TargetDataModule(L.LightningDataModule):
         self.dataset = build_dataset(
             hp.dataset, hp.root, split=hp.split, list_file=hp.list_file, with_labels=with_labels, **(hp.options or {})
         )
-        self.dataset.transform = SegmentationTransform(hp.size, resize_label=False)
+        self.dataset.transform = SegmentationTransform(hp.size, resize_label=False, resize=hp.resize)
 
     def _loader(self) -> DataLoader:
         return make_loader(self.dataset, self.hparams.batch_size, self.hparams.num_workers, train=False)
@@ -193,8 +201,10 @@ class PseudoLabelledDataset(Dataset):
         name = self.images.names[i]
         image = self.images.read_image(i)
         label = read_index_png(pseudo_label_path(self.label_dir, name))
-        if label.shape != image.shape[:2]:  # ranked at 1024x512: back to the image grid, so crops/flips stay aligned
-            label = _resize_nearest(label, image.shape[:2])
+        # written at the ranking size (1024x512): a resizing transform takes it as it is (at that
+        # size a no-op, as in the reference); otherwise back to the image grid, so crops/flips stay aligned
+        if label.shape != image.shape[:2] and not self.transform.resizes_label:
+            label = resize_nearest(label, image.shape[:2])
         out = self.transform(image=image, mask=label)
         return {"image": out["image"], "label": out["mask"], "name": name}
 

@@ -12,7 +12,9 @@ Label reading is split in two so that tools can check data without guessing:
 * :meth:`SegmentationDataset.raw_to_train_id` maps such values to train IDs (elementwise), and
   :meth:`SegmentationDataset.valid_raw_values` says which raw values the encoding allows.
 
-:meth:`read_label` = raw -> train IDs -> resized (NEAREST) to the image size when they differ.
+:meth:`read_label` = raw -> train IDs -> resized (NEAREST) to the image size when they differ,
+unless the transform resizes labels itself (``transform.resizes_label``): it then gets the label
+at its on-disk size and resizes it once, straight to the training size, as the reference does.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ __all__ = [
     "DatasetLayoutError", "LabelFormatError", "SegmentationDataset",
     "GTA5", "Synthia", "Synscapes", "Cityscapes", "FoggyCityscapes", "BDD100K", "Mapillary",
     "WildDash2", "ACDC", "DATASETS", "get_dataset_class", "build_dataset",
-    "read_rgb", "read_index_png", "image_size",
+    "read_rgb", "read_index_png", "image_size", "resize_nearest",
 ]
 
 
@@ -84,9 +86,10 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return h, w
 
 
-def _resize_nearest(label: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    # INTER_NEAREST_EXACT samples pixel centres (like PIL NEAREST); INTER_NEAREST is shifted.
-    return cv2.resize(label, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST_EXACT)
+def resize_nearest(label: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """HxW label resized to ``hw`` by PIL NEAREST, the reference's label resize (it samples pixel
+    centres, as cv2's INTER_NEAREST_EXACT does; cv2's INTER_NEAREST is shifted)."""
+    return np.array(Image.fromarray(label).resize((hw[1], hw[0]), Image.NEAREST))
 
 
 # ------------------------------------------------------------------------------------------
@@ -101,7 +104,8 @@ class SegmentationDataset(Dataset):
             ``00001.png``); selects and orders samples. Blank lines are ignored.
         with_labels: read labels; if False, ``label`` is all 255 and label files are not needed.
         transform: ``transform(image=HxWx3 uint8, mask=HxW uint8) -> {"image", "mask"}``
-            (albumentations-style); ``None`` returns uint8 CHW / int64 HW tensors.
+            (albumentations-style); ``None`` returns uint8 CHW / int64 HW tensors. A transform
+            whose ``resizes_label`` is true gets the label at its on-disk size (see ``read_label``).
         missing_labels: what to do with images whose label file is missing when
             ``with_labels``: ``"error"`` (default), ``"drop"`` the images, or ``"keep"`` them
             (reading such a label then raises; used by :mod:`intrada_pl.data.inspect`).
@@ -285,19 +289,23 @@ class SegmentationDataset(Dataset):
         values = np.asarray(values)
         return ((values >= 0) & (values <= self.raw_label_max)) | np.isin(values, self.raw_label_extra)
 
-    def read_label(self, i: int, hw: tuple[int, int] | None = None) -> np.ndarray:
-        """HxW uint8 train IDs at the image size ``hw`` (read from the image header if None)."""
+    def read_label(self, i: int, hw: tuple[int, int] | None = None, align: bool = True) -> np.ndarray:
+        """HxW uint8 train IDs at the image size ``hw`` (read from the image header if None), or
+        at the label file's own size with ``align=False`` (for a transform that resizes it)."""
         label = np.ascontiguousarray(self.raw_to_train_id(self.read_raw_label(i)), dtype=np.uint8)
+        if not align:
+            return label
         if hw is None:
             hw = image_size(self.image_paths[i])
         if label.shape[:2] != tuple(hw):
-            label = _resize_nearest(label, hw)
+            label = resize_nearest(label, hw)
         return label
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         image = self.read_image(i)
         if self.with_labels:
-            label = self.read_label(i, hw=image.shape[:2])
+            align = not getattr(self.transform, "resizes_label", False)
+            label = self.read_label(i, hw=image.shape[:2], align=align)
         else:
             label = np.full(image.shape[:2], L.IGNORE_INDEX, dtype=np.uint8)
         name = self.names[i]
@@ -520,24 +528,25 @@ v1.1 archives: config.json and {training,validation}/labels/<key>.png
 
 
 class WildDash2(SegmentationDataset):
-    """WildDash2, COCO-panoptic ground truth.
+    """WildDash2 (the beta or the final ``wd_public_v2p0`` release), COCO-panoptic ground truth.
 
-    Pixel segment id = R + 256*G + 65536*B; ``panoptic.json`` maps it to a category (0..33 =
-    Cityscapes ids, 34..38 extras folded per the official policy, see ``labels``). The raw label
-    is the per-pixel category: 255 for void (segment id 0), -1 for segment ids absent from the json.
+    Pixel segment id = R + 256*G + 65536*B; ``panoptic.json`` maps it to a category, and the
+    category's *name* (``categories[].name``) to a train ID by the official label policy
+    (:data:`intrada_pl.data.labels.WILDDASH2_TO_CITYSCAPES`), so both releases (39 and 81
+    categories) decode correctly. Names the policy does not know are scored as ignore, with one
+    warning naming them. The raw label is the per-pixel category id: 255 for void (segment id 0),
+    -1 for segment ids absent from the json.
     """
 
     layout = """
 <root>/
   images/<name>.jpg
   panoptic/<name>.png      RGB PNG, segment id = R + 256*G + 65536*B (0 = void)
-  panoptic.json            COCO panoptic: annotations[].file_name, segments_info[].{id, category_id}
+  panoptic.json            COCO panoptic: categories[].{id, name}, annotations[].file_name,
+                           annotations[].segments_info[].{id, category_id}
 """
     image_glob = "*"
     name_regex = r"[^/]+\.(?:jpg|jpeg|png)"
-    label_lut = L.WILDDASH2_TO_TRAIN_ID_LUT
-    raw_label_encoding = "WildDash2 categories 0..38, 255 = void (-1 = segment not in panoptic.json)"
-    raw_label_max = 38
     raw_label_extra = (L.IGNORE_INDEX,)
 
     def _prepare_labels(self) -> None:
@@ -545,6 +554,17 @@ class WildDash2(SegmentationDataset):
         if not path.is_file():
             raise self._layout_error(f"panoptic annotation file {path} not found")
         data = json.loads(path.read_text())
+        categories = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
+        if not categories:
+            raise LabelFormatError(f"{path} lists no categories (categories[].id, .name)")
+        unknown = L.wilddash2_unknown(categories.values())
+        if unknown:
+            warnings.warn(f"{path}: categories not in the WildDash2 label policy, scored as ignore: "
+                          + ", ".join(repr(n) for n in unknown), stacklevel=2)
+        self.label_lut = L.wilddash2_lut(categories)
+        self.raw_label_max = max(categories)
+        self.raw_label_encoding = (f"WildDash2 categories 0..{self.raw_label_max} of panoptic.json, "
+                                   "255 = void (-1 = segment not in panoptic.json)")
         self._segments: dict[str, dict[int, int]] = {
             Path(a["file_name"]).stem: {int(s["id"]): int(s["category_id"]) for s in a["segments_info"]}
             for a in data["annotations"]

@@ -3,25 +3,30 @@
 ``inspect_dataset`` walks every sample through the same dataset class training uses, but reads
 labels *raw* (``read_raw_label``) so it can report what a loader would silently fix or hide:
 unreadable files, image/label size mismatches (GTA5 20801-20860), values outside the dataset's
-label encoding, 8-bit SYNTHIA labels. It never stops at a bad file; everything is vectorised
-(one bincount per label). Also usable as ``python -m intrada_pl.data.inspect gta5 /data/gta5``.
+label encoding, 8-bit SYNTHIA labels, and any warning the loader gives (e.g. WildDash2 categories
+the label policy does not know). It never stops at a bad file; everything is vectorised (one
+bincount per label). ``intrada inspect`` (or ``python -m intrada_pl.data.inspect gta5
+/data/gta5``) exits with status 1 when it lists problems, so scripts can gate on it.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect as pyinspect
 import json
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from .datasets import LabelFormatError, get_dataset_class, image_size
+from .datasets import DATASETS, LabelFormatError, SegmentationDataset, get_dataset_class, image_size
 from .labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 
-__all__ = ["inspect_dataset", "format_report", "main"]
+__all__ = ["inspect_dataset", "format_report", "dataset_options", "main"]
 
 
 def _value_counts(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -37,13 +42,23 @@ def _err(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def dataset_options(cls: type[SegmentationDataset]) -> set[str]:
+    """The keyword options a dataset class takes (``root`` aside): its own and its bases'."""
+    keyword = (pyinspect.Parameter.POSITIONAL_OR_KEYWORD, pyinspect.Parameter.KEYWORD_ONLY)
+    return {p.name for c in cls.__mro__ if "__init__" in vars(c)
+            for p in pyinspect.signature(vars(c)["__init__"]).parameters.values()
+            if p.kind in keyword} - {"self", "root"}
+
+
 def inspect_dataset(name: str, root: str | Path, split: str | None = None, *, decode_images: bool = True,
                     limit: int | None = None, **kwargs: Any) -> dict[str, Any]:
     """Statistics and problems of dataset ``name`` (registry key or dotted class path) at ``root``.
 
-    ``kwargs`` go to the dataset class (e.g. ``condition="fog"`` for ACDC). Images without a
-    label file are reported instead of raising. ``decode_images=False`` reads only image headers
-    (much faster, but cannot detect corrupt image data). ``limit`` checks only the first N samples.
+    ``kwargs`` go to the dataset class (e.g. ``condition="fog"`` for ACDC); one it does not take
+    is a ``ValueError`` naming the ones it does. Images without a label file, and the warnings the
+    dataset gives while loading (``UserWarning``), are reported instead of raising.
+    ``decode_images=False`` reads only image headers (much faster, but cannot detect corrupt image
+    data). ``limit`` checks only the first N samples.
 
     Returns a dict with ``dataset, class, root, split, num_images, num_checked, image_sizes``
     ({"WxH": count}), ``label_sizes``, ``class_pixels`` (19 train-ID pixel counts at on-disk label
@@ -52,14 +67,24 @@ def inspect_dataset(name: str, root: str | Path, split: str | None = None, *, de
     if split is not None:
         kwargs["split"] = split
     kwargs.setdefault("missing_labels", "keep")
-    ds = get_dataset_class(name)(root, **kwargs)
+    cls = get_dataset_class(name)
+    unknown = sorted(set(kwargs) - dataset_options(cls))
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no option {', '.join(map(repr, unknown))}; "
+                         f"its options: {', '.join(sorted(dataset_options(cls)))}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        ds = cls(root, **kwargs)
+    for w in caught:   # other warnings (deprecations, ...) are not the data's problems: show them
+        if not issubclass(w.category, UserWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     n = len(ds) if limit is None else min(int(limit), len(ds))
 
     image_sizes: Counter[str] = Counter()
     label_sizes: Counter[str] = Counter()
     class_pixels = np.zeros(NUM_CLASSES, np.int64)
     ignored = 0
-    problems: list[str] = []
+    problems: list[str] = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
     for i in range(n):
         ipath = ds.image_path(i)
         hw = None
@@ -141,17 +166,42 @@ def format_report(report: dict[str, Any], max_problems: int = 50) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m intrada_pl.data.inspect", description=__doc__.split("\n")[0])
-    p.add_argument("dataset", help="registry key (gta5, synthia, cityscapes, ...) or dotted class path")
+def _options(parser: argparse.ArgumentParser, pairs: Sequence[str], mapping: str | None) -> dict[str, Any]:
+    """``--options YAML`` then each ``--option KEY=VALUE`` (VALUE read as YAML: 0.02 is a number)."""
+    try:
+        options = yaml.safe_load(mapping) if mapping else {}
+        if not isinstance(options, dict):
+            parser.error(f"--options must be a mapping such as '{{beta: 0.02}}', got {mapping!r}")
+        for pair in pairs:
+            key, eq, value = pair.partition("=")
+            if not eq or not key.strip():
+                parser.error(f"--option takes KEY=VALUE, got {pair!r}")
+            options[key.strip()] = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        parser.error(f"cannot read dataset options: {e}")
+    return options
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m intrada_pl.data.inspect") -> int:
+    """The ``intrada inspect`` command; returns 1 when the report lists problems, else 0."""
+    p = argparse.ArgumentParser(prog=prog, description="Report a dataset's images, sizes, class pixels and problems.")
+    p.add_argument("dataset", help=f"one of {', '.join(DATASETS)} or a dotted class path")
     p.add_argument("root")
     p.add_argument("--split")
-    p.add_argument("--limit", type=int)
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a dataset option, as under 'options:' in the configs (e.g. condition=night, "
+                        "beta=0.02); VALUE is read as YAML; repeatable")
+    p.add_argument("--options", metavar="YAML", help="dataset options as one mapping, e.g. '{beta: 0.02}'")
+    p.add_argument("--limit", type=int, help="check only the first N samples")
     p.add_argument("--headers-only", action="store_true", help="do not decode images (faster)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     a = p.parse_args(argv)
-    rep = inspect_dataset(a.dataset, a.root, a.split, decode_images=not a.headers_only, limit=a.limit)
-    print(json.dumps(rep, indent=1) if a.json else format_report(rep))
+    options = _options(p, a.option, a.options)
+    try:
+        rep = inspect_dataset(a.dataset, a.root, a.split, decode_images=not a.headers_only, limit=a.limit, **options)
+    except ValueError as e:   # an unknown dataset or option, or a value the dataset refuses
+        p.error(str(e))
+    print(json.dumps(rep, indent=2) if a.json else format_report(rep))
     return 1 if rep["problems"] else 0
 
 

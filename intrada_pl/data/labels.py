@@ -16,7 +16,7 @@ Conventions
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -27,7 +27,9 @@ __all__ = [
     "SYNTHIA_CLASS_NAMES", "SYNTHIA_TO_TRAIN_ID", "SYNTHIA_TO_TRAIN_ID_LUT", "synthia_to_train_id",
     "MAPILLARY_V12_NAMES", "MAPILLARY_V12_COLORS", "MAPILLARY_NAME_TO_TRAIN_ID",
     "MAPILLARY_V12_TO_TRAIN_ID_LUT", "mapillary_lut",
-    "WILDDASH2_EXTRA_CATEGORIES", "WILDDASH2_TO_ID_LUT", "WILDDASH2_TO_TRAIN_ID_LUT",
+    "WILDDASH2_BETA_NAMES", "WILDDASH2_V2_NAMES", "WILDDASH2_TO_CITYSCAPES", "WILDDASH2_NAME_TO_TRAIN_ID",
+    "WILDDASH2_TO_TRAIN_ID_LUT", "WILDDASH2_V2_TO_TRAIN_ID_LUT", "wilddash2_key", "wilddash2_lut",
+    "wilddash2_unknown",
     "EVAL_SUBSETS", "make_lut", "map_ids", "colorize",
 ]
 
@@ -251,20 +253,104 @@ def mapillary_lut(names: Sequence[str]) -> np.ndarray:
 MAPILLARY_V12_TO_TRAIN_ID_LUT: np.ndarray = mapillary_lut(MAPILLARY_V12_NAMES)
 
 # --------------------------------------------------------------------------------------------
-# WildDash2 panoptic categories: 0..33 are Cityscapes ids; 34..38 are extras. The official
-# policy (wd2_unified_label_policy.json, cs_name) folds them as: pickup -> truck, van -> car,
-# billboard / street-light -> static (ignored), road-marking -> road.
-WILDDASH2_EXTRA_CATEGORIES: dict[int, tuple[str, int]] = {
-    34: ("pickup", 27), 35: ("van", 26), 36: ("billboard", 4), 37: ("street-light", 4),
-    38: ("road-marking", 7),
-}
-#: WildDash2 category id -> Cityscapes label id (unknown -> 0 "unlabeled").
-WILDDASH2_TO_ID_LUT: np.ndarray = make_lut(
-    {**{i: i for i in range(34)}, **{k: v for k, (_, v) in WILDDASH2_EXTRA_CATEGORIES.items()}},
-    fill=0,
+# WildDash2: COCO panoptic ground truth; ``panoptic.json["categories"]`` names every category id.
+#
+# Two public releases differ in their categories:
+#   * the beta: 39 categories, 0..33 = the Cityscapes labels under their Cityscapes names
+#     ("ego vehicle", ..., "train"), plus 34 pickup, 35 van, 36 billboard, 37 street-light,
+#     38 road-marking (WILDDASH2_BETA_NAMES);
+#   * the final release ``wd_public_v2p0``: 81 categories 0..80, names without spaces
+#     ("egovehicle", "trafficlight", ...), 0..38 as in the beta, 39..80 finer classes of the
+#     unified label policy (curb, utilitypole, motorcyclist, crosswalkzebra, ...)
+#     (WILDDASH2_V2_NAMES).
+# Labels are therefore mapped by category NAME (like Mapillary), read from the dataset's own
+# panoptic.json. The mapping is the official one: the ``cs_name`` column of
+# ``wd2_unified_label_policy.json`` (ozendelait/wilddash_scripts; Table 1 of the WildDash2 paper's
+# supplement), i.e. what ``remap_coco.py --trg_dataset cs`` + ``pano2sem.py`` produce, followed by
+# Cityscapes id -> train id. Names are compared lower-case without spaces, '-' and '_'
+# (:func:`wilddash2_key`), so "street-light" (beta) and "streetlight" (v2.0) are one entry.
+# A name the table does not list is scored as ignore and the loader warns once, naming it.
+WILDDASH2_BETA_NAMES: tuple[str, ...] = CITYSCAPES_ID_NAMES + (
+    "pickup", "van", "billboard", "street-light", "road-marking")
+WILDDASH2_V2_NAMES: tuple[str, ...] = (
+    "unlabeled", "egovehicle", "overlay", "outofroi", "static", "dynamic", "ground", "road",
+    "sidewalk", "parking", "railtrack", "building", "wall", "fence", "guardrail", "bridge",
+    "tunnel", "pole", "polegroup", "trafficlight", "trafficsign", "vegetation", "terrain", "sky",
+    "person", "rider", "car", "truck", "bus", "caravan", "trailer", "onrails", "motorcycle",
+    "bicycle", "pickup", "van", "billboard", "streetlight", "roadmarking", "junctionbox",
+    "mailbox", "manhole", "phonebooth", "pothole", "bikerack", "trafficsignframe", "utilitypole",
+    "motorcyclist", "bicyclist", "otherrider", "bird", "groundanimal", "curb", "trafficsignany",
+    "trafficsignback", "trashcan", "otherbarrier", "othervehicle", "autorickshaw", "bench",
+    "mountain", "tramtrack", "wheeledslow", "boat", "bikelane", "bikelanesidewalk", "banner",
+    "dashcammount", "water", "sand", "pedestrianarea", "firehydrant", "cctvcamera", "snow",
+    "catchbasin", "crosswalkplain", "crosswalkzebra", "manholesidewalk", "curbterrain",
+    "servicelane", "curbcut",
 )
-#: WildDash2 category id -> train id.
-WILDDASH2_TO_TRAIN_ID_LUT: np.ndarray = ID_TO_TRAIN_ID_LUT[WILDDASH2_TO_ID_LUT]
+
+
+def wilddash2_key(name: str) -> str:
+    """A WildDash2 category name as compared: lower case, without spaces, '-' and '_'."""
+    return "".join(c for c in name.lower() if c not in " -_")
+
+
+#: WildDash2 category (as :func:`wilddash2_key`) -> Cityscapes label name (the policy's cs_name).
+WILDDASH2_TO_CITYSCAPES: dict[str, str] = {
+    # the Cityscapes labels themselves (beta names; v2.0 writes them without spaces)
+    **{wilddash2_key(n): n for n in CITYSCAPES_ID_NAMES},
+    "overlay": "rectification border",   # v2.0's name for id 2 (logos, timestamps, borders)
+    "onrails": "train",                  # v2.0's name for id 31 (trains and trams)
+    "trafficsignfront": "traffic sign",  # id 20 as some copies of the v2.0 json name it
+    "dashcammount": "ego vehicle",
+    # -> road: painted markings and surface details belong to the road they are on; lanes
+    # for bikes / service traffic and embedded tram tracks are drivable road surface; the
+    # policy also puts pedestrian areas on road (Mapillary mappings usually say sidewalk)
+    "roadmarking": "road", "crosswalkplain": "road", "crosswalkzebra": "road",
+    "manhole": "road", "pothole": "road", "catchbasin": "road",
+    "bikelane": "road", "servicelane": "road", "tramtrack": "road", "pedestrianarea": "road",
+    # -> sidewalk: the curb and curb cuts (Cityscapes labels curbs as sidewalk), a bike lane
+    # that is part of the sidewalk, a manhole cover in the sidewalk
+    "curb": "sidewalk", "curbcut": "sidewalk", "bikelanesidewalk": "sidewalk",
+    "manholesidewalk": "sidewalk",
+    "curbterrain": "terrain",            # a curb between road and grass, no sidewalk behind it
+    "otherbarrier": "wall",              # concrete barriers, walls of other kinds
+    "trafficsignframe": "pole", "utilitypole": "pole",   # Cityscapes: all poles, sign frames too
+    "motorcyclist": "rider", "bicyclist": "rider", "otherrider": "rider",
+    "pickup": "truck",                   # Cityscapes labels pickups as trucks
+    "van": "car",                        # Cityscapes labels vans as cars
+    "autorickshaw": "motorcycle",
+    # -> ignored (Cityscapes static / dynamic / ground). Unlike our Mapillary table, the policy
+    # ignores street lights (lamp heads, not poles) and mountains.
+    "billboard": "static", "streetlight": "static", "junctionbox": "static", "mailbox": "static",
+    "phonebooth": "static", "bikerack": "static", "trafficsignany": "static",
+    "trafficsignback": "static", "trashcan": "static", "bench": "static", "mountain": "static",
+    "firehydrant": "static", "cctvcamera": "static",
+    "bird": "dynamic", "groundanimal": "dynamic", "othervehicle": "dynamic",
+    "wheeledslow": "dynamic", "boat": "dynamic", "banner": "dynamic",
+    "water": "ground", "sand": "ground", "snow": "ground",
+}
+#: WildDash2 category (as :func:`wilddash2_key`) -> train id (255 = ignore).
+WILDDASH2_NAME_TO_TRAIN_ID: dict[str, int] = {
+    k: CITYSCAPES_ID_TO_TRAIN_ID.get(CITYSCAPES_ID_NAMES.index(v), IGNORE_INDEX)
+    for k, v in WILDDASH2_TO_CITYSCAPES.items()
+}
+
+
+def wilddash2_unknown(names: Iterable[str]) -> list[str]:
+    """The category names the policy table does not list (they are scored as ignore)."""
+    return [n for n in names if wilddash2_key(n) not in WILDDASH2_NAME_TO_TRAIN_ID]
+
+
+def wilddash2_lut(categories: Mapping[int, str]) -> np.ndarray:
+    """LUT category id -> train id for a panoptic.json's categories ``{id: name}``."""
+    size = max(256, max(categories, default=0) + 1)
+    return make_lut({i: WILDDASH2_NAME_TO_TRAIN_ID.get(wilddash2_key(n), IGNORE_INDEX)
+                     for i, n in categories.items()}, size=size)
+
+
+#: The beta's and the v2.0 release's tables (category id -> train id), for reference and tests;
+#: the loader builds its table from the dataset's own panoptic.json.
+WILDDASH2_TO_TRAIN_ID_LUT: np.ndarray = wilddash2_lut(dict(enumerate(WILDDASH2_BETA_NAMES)))
+WILDDASH2_V2_TO_TRAIN_ID_LUT: np.ndarray = wilddash2_lut(dict(enumerate(WILDDASH2_V2_NAMES)))
 
 # --------------------------------------------------------------------------------------------
 #: Train-id subsets for reporting mIoU: "16" = SYNTHIA protocol (no terrain/truck/train),
@@ -278,6 +364,6 @@ EVAL_SUBSETS: dict[str, tuple[int, ...]] = {
 # The shared tables are constants: make accidental in-place edits fail loudly.
 for _a in (ID_TO_TRAIN_ID_LUT, TRAIN_ID_TO_ID_LUT, TRAIN_ID_LUT, PALETTE, ID_PALETTE,
            _TRAIN_COLOR_LUT, SYNTHIA_TO_TRAIN_ID_LUT, MAPILLARY_V12_TO_TRAIN_ID_LUT,
-           WILDDASH2_TO_ID_LUT, WILDDASH2_TO_TRAIN_ID_LUT):
+           WILDDASH2_TO_TRAIN_ID_LUT, WILDDASH2_V2_TO_TRAIN_ID_LUT):
     _a.flags.writeable = False
 del _a

@@ -21,7 +21,7 @@ from . import labels as L
 __all__ = [
     "write_gta5", "write_synthia", "write_synscapes", "write_cityscapes", "write_foggy_cityscapes",
     "write_bdd100k", "write_mapillary", "write_wilddash2", "write_acdc", "write_acdc_ref",
-    "cityscapes_stem", "wilddash2_segment_id",
+    "cityscapes_stem", "wilddash2_segment_id", "WILDDASH2_RELEASES",
 ]
 
 
@@ -218,17 +218,23 @@ def wilddash2_segment_id(category: int) -> int:
     return 1 + 256 * int(category) + 65536 * (int(category) % 3 + 1)
 
 
-_WD2_CATEGORIES = [{"id": i, "name": n} for i, n in enumerate(L.CITYSCAPES_ID_NAMES)] + [
-    {"id": k, "name": n} for k, (n, _) in sorted(L.WILDDASH2_EXTRA_CATEGORIES.items())]
+#: The category names of the two public WildDash2 releases (index = category id).
+WILDDASH2_RELEASES: dict[str, tuple[str, ...]] = {"beta": L.WILDDASH2_BETA_NAMES, "v2.0": L.WILDDASH2_V2_NAMES}
 
 
-def write_wilddash2(root: str | Path, name: str, image: np.ndarray, category_ids: np.ndarray | None) -> list[Path]:
+def write_wilddash2(root: str | Path, name: str, image: np.ndarray, category_ids: np.ndarray | None,
+                    release: str = "beta", names: Sequence[str] | None = None) -> list[Path]:
     """``images/<name>.jpg`` + ``panoptic/<name>.png`` and an updated ``panoptic.json``.
 
-    ``category_ids``: per-pixel WildDash2 category (0..33 Cityscapes ids, 34..38 extras); 255 =
-    void (segment id 0). One segment per category, id from :func:`wilddash2_segment_id`,
-    encoded as R + 256*G + 65536*B.
+    ``category_ids``: per-pixel WildDash2 category id, an index into the release's category names
+    (``release="beta"``: 39, Cityscapes ids + 34..38 extras; ``"v2.0"``: the 81 of
+    ``wd_public_v2p0``; ``names`` overrides them); 255 = void (segment id 0). The json's
+    ``categories`` are written once, with those names. One segment per category, id from
+    :func:`wilddash2_segment_id`, encoded as R + 256*G + 65536*B.
     """
+    if release not in WILDDASH2_RELEASES:
+        raise ValueError(f"release must be one of {list(WILDDASH2_RELEASES)}, got {release!r}")
+    names = list(WILDDASH2_RELEASES[release] if names is None else names)
     root, stem = Path(root), Path(name).stem
     paths = [_write_rgb(root / "images" / f"{stem}.jpg", image)]
     if category_ids is None:
@@ -240,6 +246,8 @@ def write_wilddash2(root: str | Path, name: str, image: np.ndarray, category_ids
     for c in np.unique(cats):
         if c == L.IGNORE_INDEX:
             continue
+        if not 0 <= c < len(names):
+            raise ValueError(f"category id {c} is not one of the {len(names)} categories")
         m = cats == c
         sid = wilddash2_segment_id(c)
         pid[m] = sid
@@ -250,7 +258,10 @@ def write_wilddash2(root: str | Path, name: str, image: np.ndarray, category_ids
     paths.append(_imwrite(root / "panoptic" / f"{stem}.png", bgr))
 
     jpath = root / "panoptic.json"
-    data = json.loads(jpath.read_text()) if jpath.is_file() else {"images": [], "annotations": [], "categories": _WD2_CATEGORIES}
+    categories = [{"id": i, "name": n} for i, n in enumerate(names)]
+    data = json.loads(jpath.read_text()) if jpath.is_file() else {"images": [], "annotations": [], "categories": categories}
+    if data["categories"] != categories:
+        raise ValueError(f"{jpath} already lists different categories")
     data["images"] = [x for x in data["images"] if x["id"] != stem] + [
         {"id": stem, "file_name": f"{stem}.jpg", "height": int(cats.shape[0]), "width": int(cats.shape[1])}]
     data["annotations"] = [a for a in data["annotations"] if a["image_id"] != stem] + [

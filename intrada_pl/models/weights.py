@@ -29,11 +29,50 @@ class CheckpointMismatchError(ValueError):
 
 
 LIGHTNING_SEGMENTER_PREFIX = "model."
+#: What every command taking segmentation weights accepts, for error messages.
+ACCEPTED_CHECKPOINTS = (
+    "a Lightning checkpoint (.ckpt) written by `intrada fit`, or a DeepLabV2 state dict (.pth) "
+    "saved with torch.save(model.state_dict()) such as the released ADVENT / IntraDA models"
+)
+
+
+def read_checkpoint(path: str | Path) -> Mapping:
+    """The object saved in ``path``, loaded onto the CPU with ``weights_only=True``.
+
+    ``torch.load`` fails on a file that is not a checkpoint (text, an image, a truncated download)
+    with whatever its unpickler trips over (UnpicklingError, RuntimeError, KeyError, IndexError,
+    EOFError, ...) and a message that is about pickles; this turns all of them into one
+    :class:`CheckpointMismatchError` naming the file and what was expected.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # whatever the unpickler tripped over, the file is not a checkpoint
+        raise CheckpointMismatchError(
+            f"{path} is not a readable PyTorch checkpoint (torch.load raised {type(error).__name__}: a truncated or "
+            f"corrupt file, another kind of file, or a pickle of more than tensors); expected {ACCEPTED_CHECKPOINTS}"
+        ) from None
+    if not isinstance(blob, Mapping):
+        raise CheckpointMismatchError(f"{path} holds a {type(blob).__name__}, not a state dict; expected {ACCEPTED_CHECKPOINTS}")
+    return blob
+
+
+def is_lightning_checkpoint(blob: Mapping) -> bool:
+    """Whether a loaded file is a Lightning checkpoint (ours), rather than a bare state dict."""
+    return "pytorch-lightning_version" in blob
+
+
+def saved_preprocessing(blob: Mapping) -> str:
+    """The input pre-processing a loaded file's weights expect: our checkpoints record it, the
+    reference's state dicts were trained on ``caffe_bgr`` input."""
+    return (blob.get("hyper_parameters") or {}).get("preprocessing", "caffe_bgr")
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Load the DeepLabV2 state dict stored in ``path`` (see :func:`unwrap_state_dict`)."""
-    return unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return unwrap_state_dict(read_checkpoint(path))
 
 
 def unwrap_state_dict(obj: Mapping) -> dict[str, Tensor]:
@@ -44,7 +83,7 @@ def unwrap_state_dict(obj: Mapping) -> dict[str, Tensor]:
     wrappers are unwrapped and a leading component shared by every key (``Scale.`` in the
     DeepLab init file, ``module.`` from DataParallel) is stripped when that reveals the ResNet
     layout."""
-    if "pytorch-lightning_version" in obj and isinstance(obj.get("state_dict"), Mapping):
+    if is_lightning_checkpoint(obj) and isinstance(obj.get("state_dict"), Mapping):
         n = len(LIGHTNING_SEGMENTER_PREFIX)
         return {k[n:]: v for k, v in obj["state_dict"].items() if k.startswith(LIGHTNING_SEGMENTER_PREFIX)}
     for wrapper in ("state_dict", "model"):
@@ -78,16 +117,16 @@ def _infer_depth(state: Mapping[str, Tensor]) -> int | None:
     return _DEPTH_BY_LAYOUT.get(("layer3.0.conv3.weight" in state, len(blocks)))
 
 
-def infer_architecture(state_dict: Mapping[str, Tensor]) -> dict[str, int | bool]:
+def infer_architecture(state_dict: Mapping[str, Tensor], source: str = "state dict") -> dict[str, int | bool]:
     """``dict(num_classes, depth, multi_level)`` of a segmentation state dict (ours or the reference's,
     e.g. from ``read_state_dict``), so a bare ``.pth`` can be rebuilt without a config.
     The pre-processing is not stored in the file; reference files use ``caffe_bgr``."""
     if _MAIN_HEAD_KEY not in state_dict:
-        raise CheckpointMismatchError(f"not a segmentation state dict: no {_MAIN_HEAD_KEY}")
+        raise CheckpointMismatchError(f"{source} is not a segmentation state dict: no {_MAIN_HEAD_KEY}")
     depth = _infer_depth(state_dict)
     if depth is None:
         raise CheckpointMismatchError(
-            f"unrecognised backbone layout; supported depths: {sorted(RESNET_LAYOUTS)}")
+            f"{source}: unrecognised DeepLabV2 backbone layout; supported ResNet depths: {sorted(RESNET_LAYOUTS)}")
     return dict(num_classes=state_dict[_MAIN_HEAD_KEY].shape[0], depth=depth,
                 multi_level=any(_top(k) == "layer5" for k in state_dict))
 
@@ -140,7 +179,9 @@ def load_reference_checkpoint(model: DeepLabV2, path: str | Path) -> str:
 def load_pretrained(model: DeepLabV2, path: str | Path | None) -> str:
     """Initialise a fresh model from ``path`` and say what was loaded; the format is detected from keys.
 
-    - a segmentation state dict (has ``layer6.*``): strict full load;
+    - segmentation weights (``layer6.*``; a bare state dict or any stage's Lightning checkpoint,
+      except a calibration one, whose BatchNorms were converted): strict full load, with a warning
+      when they were trained on another pre-processing than the model's;
     - a ResNet ImageNet backbone: either torchvision's (``fc.*`` skipped; torchvision puts the stride
       on the 3x3 conv, ours on the first 1x1, but the tensor shapes are identical) or the DeepLab init
       file (``Scale.``-prefixed keys, its ``layer5`` classifier skipped as the reference does).
@@ -151,8 +192,17 @@ def load_pretrained(model: DeepLabV2, path: str | Path | None) -> str:
         warnings.warn("no pretrained weights given: starting DeepLabV2 from random init",
                       UserWarning, stacklevel=2)
         return "random"
-    state = read_state_dict(path)
+    blob = read_checkpoint(path)
+    state = unwrap_state_dict(blob)
     if any(_top(k) == "layer6" for k in state):
+        calibration = (blob.get("hyper_parameters") or {}).get("calibration")
+        if calibration is not None:
+            raise CheckpointMismatchError(
+                f"{path} is a {calibration} calibration checkpoint (converted BatchNorms); "
+                "start from a segmentation checkpoint, e.g. the one it calibrated")
+        if saved_preprocessing(blob) != model.normalize.mode:
+            warnings.warn(f"{path} was trained on preprocessing={saved_preprocessing(blob)!r} input; "
+                          f"the model uses {model.normalize.mode!r}", UserWarning, stacklevel=2)
         return load_state_checked(model, state, str(path))
     skipped = sorted({_top(k) for k in state} & set(_INIT_CLASSIFIERS))
     if "fc" in skipped and model.normalize.mode != "imagenet":

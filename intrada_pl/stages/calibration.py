@@ -31,11 +31,12 @@ from intrada_pl.models.bn_calibration import (
     plot_strengths,
     record_strengths,
 )
+from intrada_pl.optim import poly_scheduler
 from intrada_pl.stages.segmentation import SegmentationModule
 
 
 class CalibrationModule(SegmentationModule):
-    """Trains only the InstCal strengths of a converted segmenter (Adam, poly decay, weight decay 0).
+    """Trains only the InstCal strengths of a converted segmenter (Adam, warm-up then poly decay, weight decay 0).
 
     Args:
         init_ckpt: the segmentation checkpoint to calibrate (any stage's ``.ckpt`` or a reference ``.pth``).
@@ -48,6 +49,9 @@ class CalibrationModule(SegmentationModule):
             file (without it ``deepaugment`` is the weight-free Noise2Net).
         lr, poly_power, schedule_steps, lambda_seg_main, lambda_seg_aux: as the base stage
             (reference: Adam 2.5e-3, poly against 90k steps, main + 0.1 aux).
+        warmup_steps, warmup_factor: the linear warm-up of the reference's Detectron2
+            WarmupPolyLR (its defaults: 1000 steps from 0.001 x ``lr``, inside the poly
+            schedule, :class:`~intrada_pl.optim.PolyDecay`); ``warmup_steps=0``: plain poly.
     """
 
     def __init__(
@@ -64,6 +68,8 @@ class CalibrationModule(SegmentationModule):
         lr: float = 2.5e-3,
         poly_power: float = 0.9,
         schedule_steps: int = 90_000,
+        warmup_steps: int = 1000,
+        warmup_factor: float = 0.001,
         lambda_seg_main: float = 1.0,
         lambda_seg_aux: float = 0.1,
         num_classes: int = 19,
@@ -114,6 +120,7 @@ class CalibrationModule(SegmentationModule):
         source = batch["source"]
         images = self.augment(source["image"])  # photometric only: the labels stay valid
         loss, parts = self.supervised_loss({**source, "image": images}, "train")
+        self.guard_finite(parts)
         self.log_dict(parts, prog_bar=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         counts = self.augment.choice_counts()
@@ -123,7 +130,8 @@ class CalibrationModule(SegmentationModule):
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         optimizer = torch.optim.Adam(calibration_parameters(self.model), lr=hp.lr, weight_decay=0.0)
-        return {"optimizer": optimizer, "lr_scheduler": self.poly(optimizer)}
+        schedule = poly_scheduler(optimizer, hp.schedule_steps, hp.poly_power, hp.warmup_steps, hp.warmup_factor)
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     # --------------------------------------------------------------------- strength analysis
     def on_validation_epoch_start(self) -> None:

@@ -155,7 +155,7 @@ class Evaluator(SegmentationEvalModule):
     warm-up included). TENT methods restart from the source weights on every target. Writes
     ``metrics.json`` to ``output_dir`` (default: the run directory) and, with
     ``save_predictions``, Cityscapes label-ID PNGs and colour PNGs at label resolution, named
-    like the input images (under ``<target>/<method>/`` when there are several).
+    like the input images with a ``.png`` suffix (under ``<target>/<method>/`` when there are several).
     """
 
     def __init__(
@@ -238,9 +238,11 @@ class Evaluator(SegmentationEvalModule):
         return self.output.joinpath("predictions", *parts)
 
     def _write_predictions(self, train_ids: np.ndarray, names: Sequence[str], out: Path) -> None:
+        # Always PNG, whatever the input format: a JPEG of label IDs would hold invalid IDs.
         for pred, name in zip(train_ids, names):
-            write_png(out / "labelIds" / name, TRAIN_ID_TO_ID_LUT[pred])
-            write_png(out / "color" / name, colorize(pred))
+            png = Path(name).with_suffix(".png")
+            write_png(out / "labelIds" / png, TRAIN_ID_TO_ID_LUT[pred])
+            write_png(out / "color" / png, colorize(pred))
 
     def on_test_epoch_end(self) -> None:
         single = len(self.target_names) == 1 and len(self.methods) == 1

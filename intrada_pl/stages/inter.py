@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
 
+from intrada_pl.joint_optimizer import JointOptimizer
 from intrada_pl.losses import adversarial_loss, entropy_loss, self_information, upsample
 from intrada_pl.models.discriminator import FCDiscriminator
 from intrada_pl.stages.segmentation import SegmentationModule
@@ -19,10 +22,11 @@ LEVELS = ("aux", "main")
 class InterDomainModule(SegmentationModule):
     """ADVENT (REFERENCE A3) with manual adversarial optimisation.
 
-    One step: the generator learns from the labelled side (CE main + 0.1 aux) and, through
+    One iteration, one optimiser step (so ``max_steps``, checkpoint names and log x-axes count
+    iterations): the generator learns from the labelled side (CE main + 0.1 aux) and, through
     frozen discriminators, makes the unlabelled side's weighted self-information maps look like
-    the labelled side's (``advent``) or minimises its entropy (``minent``); then each
-    discriminator learns to tell the two domains apart from detached maps. Batches are
+    the labelled side's (``advent``) or minimises its entropy (``minent``); each discriminator
+    learns to tell the two domains apart from detached maps; then G and the discriminators step. Batches are
     ``{"source": labelled, "target": unlabelled}``, so IntraDA reuses this loop with easy/hard
     splits. Defaults are the paper's: adversarial weights 0.001 (main) / 0.0002 (aux), Adam 1e-4
     with betas (0.9, 0.99) for the discriminators, the generator's poly schedule for both.
@@ -38,7 +42,6 @@ class InterDomainModule(SegmentationModule):
         lr_d: float = 1e-4,
         betas_d: tuple[float, float] = (0.9, 0.99),
         ndf: int = 64,
-        check_finite: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -67,30 +70,36 @@ class InterDomainModule(SegmentationModule):
     def discriminator(self, level: str) -> FCDiscriminator:
         return self.d_main if level == "main" else self.d_aux
 
-    def generator_losses(self, source: dict, target: dict | None) -> tuple[dict[str, Tensor], dict, dict]:
-        """The generator's loss terms, and both sides' logits per level upsampled (bilinear,
-        align_corners) to their input sizes, which the discriminator step reuses detached.
-        Without a target batch (IntraDA with lambda 1: nothing is hard) only the supervised terms remain."""
+    def discriminators(self) -> list[FCDiscriminator]:
+        return [self.discriminator(level) for level in self.levels] if self.hparams.method == "advent" else []
+
+    def source_terms(self, source: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The supervised terms on the labelled side, and its logits per level upsampled (bilinear,
+        align_corners) to the input size, which the discriminator step reuses detached."""
         aux, main = self.model(source["image"])
         _, terms = self.supervised_terms(aux, main, source["label"], "train")
-        source_logits = self.upsampled_levels(aux, main, source["image"])
-        if target is None:
-            return terms, source_logits, {}
+        return terms, self.upsampled_levels(aux, main, source["image"])
+
+    def target_terms(self, target: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The unlabelled side's terms: per level, BCE of the discriminator's verdict on its weighted
+        self-information map against the *source* label (``advent``), or its mean entropy
+        (``minent``); and its upsampled logits."""
         target_logits = self.upsampled_levels(*self.model(target["image"]), target["image"])
+        terms = {}
         for level in self.levels:
             if self.hparams.method == "advent":
                 d_out = self.discriminator(level)(self_information(target_logits[level]))
                 terms[f"train/loss_adv_{level}"] = adversarial_loss(d_out, SOURCE)
             else:
                 terms[f"train/loss_ent_{level}"] = entropy_loss(target_logits[level])
-        return terms, source_logits, target_logits
+        return terms, target_logits
 
     def upsampled_levels(self, aux: Tensor | None, main: Tensor, images: Tensor) -> dict[str, Tensor]:
         size = tuple(images.shape[-2:])
         return {level: upsample(logits, size) for level, logits in zip(LEVELS, (aux, main)) if level in self.levels}
 
     def generator_objective(self, terms: dict[str, Tensor]) -> Tensor:
-        """Weighted sum of the generator's terms (weights are hyperparameters)."""
+        """Weighted sum of (some of) the generator's terms (weights are hyperparameters)."""
         hp = self.hparams
         weights = {
             "train/loss_seg_main": hp.lambda_seg_main,
@@ -117,65 +126,56 @@ class InterDomainModule(SegmentationModule):
 
     # --- the manual optimisation step ------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> None:
+        """One reference iteration (REFERENCE A3), in the reference's order: the source loss is
+        back-propagated before the target's forward pass (the two graphs never coexist: the
+        reference's memory profile), then the target's terms through frozen discriminators, then
+        the discriminators' loss on detached maps; finally one joint step of G, D_aux and D_main.
+        Without a target batch (IntraDA with nothing hard) only the supervised part runs."""
         source, target = batch["source"], batch.get("target")
-        optimizers = self.optimizers()
-        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        opt_g, opt_ds = optimizers[0], optimizers[1:]
-
-        self.toggle_optimizer(opt_g)  # discriminators frozen: their grads stay untouched
-        opt_g.zero_grad()
-        terms, source_logits, target_logits = self.generator_losses(source, target)
-        self.guard_finite(terms)
-        self.manual_backward(self.generator_objective(terms))
-        opt_g.step()
-        self.untoggle_optimizer(opt_g)
-
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        with self.discriminators_frozen():
+            terms, source_logits = self.source_terms(source)
+            self.backward_checked(terms, self.generator_objective)
+            if target is not None:
+                target_terms, target_logits = self.target_terms(target)
+                self.backward_checked(target_terms, self.generator_objective)
+                terms.update(target_terms)
         if self.hparams.method == "advent" and target is not None:
-            terms.update(self.discriminator_step(opt_ds, source_logits, target_logits))
-
-        for scheduler in self._schedulers():
-            scheduler.step()
+            d_terms = self.discriminator_losses(source_logits, target_logits)
+            self.backward_checked({name: value for name, value in d_terms.items() if "loss" in name}, lambda losses: sum(losses.values()))
+            terms.update(d_terms)
+        optimizer.step()
+        self.lr_schedulers().step()
         self.log_dict(terms, prog_bar=False)
-        self.log("train/lr", opt_g.param_groups[0]["lr"], prog_bar=True)
-        if opt_ds:
-            self.log("train/lr_d", opt_ds[0].param_groups[0]["lr"])
+        self.log("train/lr", optimizer.param_groups[0]["lr"], prog_bar=True)
+        if len(optimizer.optimizers) > 1:
+            self.log("train/lr_d", optimizer.optimizers[1].param_groups[0]["lr"])
 
-    def discriminator_step(self, opt_ds: list, source_logits: dict[str, Tensor], target_logits: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Update D_aux and D_main from detached maps; the generator receives no gradient."""
-        for opt in opt_ds:
-            opt.zero_grad()
-        terms = self.discriminator_losses(source_logits, target_logits)
-        self.guard_finite({k: v for k, v in terms.items() if "loss" in k})
-        self.manual_backward(sum(terms[f"train/loss_d_{level}"] for level in self.levels))
-        for opt in opt_ds:
-            opt.step()
-        return terms
+    def backward_checked(self, terms: dict[str, Tensor], objective: Callable[[dict[str, Tensor]], Tensor]) -> None:
+        """Back-propagate ``objective(terms)`` once every term is known to be finite."""
+        self.guard_finite(terms)
+        self.manual_backward(objective(terms))
 
-    def _schedulers(self) -> list:
-        schedulers = self.lr_schedulers()
-        return schedulers if isinstance(schedulers, list) else [schedulers]
+    @contextmanager
+    def discriminators_frozen(self) -> Iterator[None]:
+        """The reference's ``requires_grad = False`` on the discriminators while the generator
+        back-propagates through them: their gradients stay untouched."""
+        params = [p for d in self.discriminators() for p in d.parameters()]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in params:
+                p.requires_grad_(True)
 
-    def guard_finite(self, terms: dict[str, Tensor]) -> None:
-        """Stop before any optimiser step when a loss term is NaN/inf, naming the step and term,
-        so no checkpoint is ever written from poisoned weights. Agreed across ranks."""
-        if not self.hparams.check_finite:
-            return
-        finite = torch.stack([value.detach().float() for value in terms.values()]).isfinite()
-        all_finite = self.trainer.strategy.reduce_boolean_decision(bool(finite.all()), all=True)
-        if not all_finite:
-            bad = [name for name, ok in zip(terms, finite.tolist()) if not ok] or ["(another rank)"]
-            raise FloatingPointError(
-                f"non-finite loss at step {self.global_step // max(1, len(self._schedulers()))}: {', '.join(bad)} "
-                f"= {[terms[b].item() for b in bad if b in terms]}; training stopped, checkpoints untouched"
-            )
-
-    def configure_optimizers(self) -> tuple[list, list]:
+    def configure_optimizers(self) -> dict:
+        """The generator's SGD and (ADVENT) one Adam per discriminator, stepped as one
+        :class:`JointOptimizer` on one poly schedule, so that one iteration is one step."""
         hp = self.hparams
-        generator = super().configure_optimizers()
-        optimizers, schedulers = [generator["optimizer"]], [generator["lr_scheduler"]]
-        if hp.method == "advent":
-            for level in self.levels:
-                opt = torch.optim.Adam(self.discriminator(level).parameters(), lr=hp.lr_d, betas=tuple(hp.betas_d))
-                optimizers.append(opt)
-                schedulers.append(self.poly(opt))
-        return optimizers, schedulers
+        members = [self.generator_optimizer()]
+        for level, d in zip(self.levels, self.discriminators()):
+            members.append(torch.optim.Adam([{"params": d.parameters(), "name": f"d_{level}"}], lr=hp.lr_d, betas=tuple(hp.betas_d)))
+        optimizer = JointOptimizer(members)
+        return {"optimizer": optimizer, "lr_scheduler": self.poly(optimizer)}

@@ -14,6 +14,9 @@ PNG-encoded pseudo-label) and, once every image is scored, writes what the intra
       histogram.png      the score distribution with the lambda cut
       summary.json       lambda_, normalize, counts, checkpoint
 
+``--ckpt_path`` may also be a released ADVENT ``.pth`` (a bare state dict): the CLI loads it into
+the configured module (:class:`intrada_pl.cli.TrainingCLI`).
+
 The whole ``ranking/`` folder is built beside the old one and swapped in at the end, so the
 files always belong to one run: a crash leaves the previous ranking (or none), never a mix.
 """
@@ -42,7 +45,7 @@ from torch import Tensor
 
 from intrada_pl.data.datamodules import pseudo_label_path
 from intrada_pl.data.labels import IGNORE_INDEX
-from intrada_pl.io import write_json, write_text
+from intrada_pl.io import pid_alive, write_json, write_text
 from intrada_pl.losses import normalized_entropy
 
 #: Train IDs the reference's entropy normalisation counts as rare: wall, fence, pole, traffic
@@ -125,20 +128,40 @@ class Ranking:
 @contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield an empty staging folder beside ``path`` that replaces ``path`` (old content
-    removed) only if the body finishes; on error the staging folder is removed and ``path`` kept."""
+    removed) only if the body finishes; on error the staging folder is removed and ``path`` kept.
+
+    The swap is two renames: ``path`` to ``.<name>.old<pid>``, then the staging folder
+    ``.<name>.tmp<pid>`` to ``path``. If the second one fails, the first is undone; if the process
+    dies in between, the next call puts the old folder back. Each call first removes what dead
+    processes left (see :func:`_clean_swap`), so ``path`` holds one complete run's folder.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.tmp{os.getpid()}")
     retired = path.with_name(f".{path.name}.old{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    _clean_swap(path)
     staging.mkdir()
     try:
         yield staging
         if path.exists():
-            path.rename(retired)
-        staging.rename(path)
+            os.rename(path, retired)
+        os.rename(staging, path)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(retired, ignore_errors=True)
+        _clean_swap(path)
+
+
+def _clean_swap(path: Path) -> None:
+    """Settle the swap leftovers beside ``path`` of this process and of dead ones: a retired
+    ``.old<pid>`` folder comes back if ``path`` is missing, the rest (staging folders, retired
+    folders no longer needed) is removed. Live processes' leftovers are theirs."""
+    prefix = f".{path.name}."
+    for entry in sorted(path.parent.glob(f"{prefix}*")):
+        kind, pid = entry.name[len(prefix):][:3], entry.name[len(prefix) + 3:]
+        if kind not in ("tmp", "old") or not pid.isdigit() or (int(pid) != os.getpid() and pid_alive(int(pid))):
+            continue
+        if kind == "old" and not path.exists():
+            os.rename(entry, path)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def scores_csv(ranking: Ranking) -> str:
@@ -245,12 +268,14 @@ class RankingCallback(Callback):
         self.output_dir = output_dir
         self.directory: Path | None = None
         self.results: dict[str, tuple[float, bytes]] = {}
+        self.checkpoint: str | None = None
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.predict_loop.return_predictions = False  # the logits are consumed here, see the class docstring
         # trainer.log_dir is a collective under DDP: every rank must read it
         self.directory = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir) / "ranking"
         self.results = {}
+        self.checkpoint = trainer.ckpt_path or getattr(pl_module, "weights_file", None)  # a .pth is loaded by the CLI
 
     def score(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """Scores (B,) and pseudo-labels (B x H x W uint8) of a batch, computed on its device."""
@@ -288,7 +313,7 @@ class RankingCallback(Callback):
         if ranking.num_easy == 0:
             rank_zero_warn(f"int({len(ranking.order)} x {self.lambda_}) = 0: no image is ranked easy")
         summary = {"lambda_": self.lambda_, "normalize": self.normalize, "confidence_threshold": self.confidence_threshold,
-                   "checkpoint": trainer.ckpt_path}
+                   "checkpoint": self.checkpoint}
         write_ranking(self.directory, ranking, {name: label for name, (_, label) in results.items()}, self.lambda_, summary)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
@@ -16,8 +16,10 @@ from intrada_pl.metrics import iou_report
 from intrada_pl.models.deeplabv2 import DeepLabV2, reference_lr_multiplicity
 from intrada_pl.models.weights import load_pretrained
 from intrada_pl.optim import poly_scheduler
+from intrada_pl.reference_sgd import ReferenceSGD
 
 BNMode = Literal["reference", "frozen", "trainable"]
+SGDMode = Literal["reference", "once"]
 
 
 class SegmentationEvalModule(L.LightningModule):
@@ -72,15 +74,21 @@ class SegmentationModule(SegmentationEvalModule):
     training, as the reference code does; ``frozen`` also uses the running statistics while
     training; ``trainable`` trains everything.
 
-    ``reference_lr_duplication``: the reference optimiser lists backbone parameters 3-4 times
-    (REFERENCE A1), which multiplies their effective learning rate; by default each parameter
-    appears once, this option puts them in groups at ``multiplicity * lr`` to match the
-    reference's effective rates (its first SGD step exactly; it does not replay PyTorch 0.4's
-    repeated momentum updates).
+    ``sgd_mode``: ``reference`` steps the generator as the reference did: its optimiser lists
+    backbone parameters 1, 3 or 4 times (REFERENCE A1) and PyTorch 0.4.1 updated them once per
+    listed entry (:class:`~intrada_pl.reference_sgd.ReferenceSGD` replays that exactly; long-run
+    effective rate ~3-4x ``lr``, weight decay ~6-10x). ``once``: plain SGD, each parameter once
+    at ``lr``, the heads at ``head_lr_mult * lr``. With ``bn: trainable`` the reference mode lists
+    the BN affine parameters as the reference's generator would have (1x stem, 3x blocks, 4x
+    shortcuts); the reference itself never trains them.
 
     ``sync_bn_stats``: under DDP, BN running statistics (updated from each rank's own batch) are
     averaged across ranks after every step, so every rank holds, and checkpoints store, the same
     model. One all-reduce of ~0.1M floats per step.
+
+    ``check_finite``: a non-finite loss term stops training before its optimiser step, and a
+    checkpoint whose weights or buffers are not all finite is never written (a step can blow the
+    weights up while its loss is still finite): training stops with an error instead.
     """
 
     def __init__(
@@ -101,10 +109,13 @@ class SegmentationModule(SegmentationEvalModule):
         lambda_seg_aux: float = 0.1,
         eval_subsets: Sequence[str] = ("19",),
         channels_last: bool = False,
-        reference_lr_duplication: bool = False,
+        sgd_mode: SGDMode = "reference",
         sync_bn_stats: bool = True,
+        check_finite: bool = True,
     ) -> None:
         super().__init__(num_classes, eval_subsets)
+        if sgd_mode not in get_args(SGDMode):
+            raise ValueError(f"unknown sgd_mode {sgd_mode!r}; choose from {list(get_args(SGDMode))}")
         self.save_hyperparameters()
         self.model = DeepLabV2(num_classes, depth, multi_level, preprocessing)
         if bn != "trainable":
@@ -116,6 +127,9 @@ class SegmentationModule(SegmentationEvalModule):
         if stage == "fit" and not getattr(self, "_pretrained_loaded", False):
             load_pretrained(self.model, self.hparams.pretrained)
             self._pretrained_loaded = True
+
+    def on_train_start(self) -> None:
+        self.train()  # Lightning 2.6 restores each submodule's mode at fit start instead of calling train()
 
     def train(self, mode: bool = True) -> SegmentationModule:
         super().train(mode)
@@ -143,33 +157,63 @@ class SegmentationModule(SegmentationEvalModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss, parts = self.supervised_loss(batch["source"], "train")
+        self.guard_finite(parts)
         self.log_dict(parts, prog_bar=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
+
+    def guard_finite(self, terms: dict[str, Tensor]) -> None:
+        """Stop before any optimiser step when a loss term is NaN/inf, naming the iteration and
+        the term. Agreed across ranks."""
+        if not self.hparams.check_finite:
+            return
+        finite = torch.stack([value.detach().float() for value in terms.values()]).isfinite()
+        if not self.trainer.strategy.reduce_boolean_decision(bool(finite.all()), all=True):
+            bad = [name for name, ok in zip(terms, finite.tolist()) if not ok] or ["(another rank)"]
+            raise FloatingPointError(
+                f"non-finite loss at iteration {self.global_step}: {', '.join(bad)} "
+                f"= {[terms[b].item() for b in bad if b in terms]}; training stopped, checkpoints untouched"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to write a checkpoint of non-finite weights or statistics (every stage, every
+        checkpoint: best, last, end of training), before the file is opened."""
+        if not self.hparams.check_finite:
+            return
+        for name, value in checkpoint["state_dict"].items():
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise FloatingPointError(
+                    f"non-finite weights after iteration {self.global_step} ({name}); checkpoint not written, "
+                    "training stopped: lower the learning rate or resume from the last good checkpoint"
+                )
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.hparams.sync_bn_stats and self.trainer.world_size > 1:
             average_bn_statistics(self.model, self.trainer.strategy)
 
-    def generator_param_groups(self) -> list[dict]:
-        """Backbone at ``lr``, both heads at ``head_lr_mult * lr``; each parameter once."""
+    def generator_optimizer(self) -> torch.optim.Optimizer:
+        """The generator's SGD (the one place it is built): backbone at ``lr``, both heads at
+        ``head_lr_mult * lr``, weight decay on all; the poly schedule scales every group's rate.
+        ``reference`` mode: one backbone group per repeat count of the reference's list (counted
+        on the current ``requires_grad`` flags, i.e. after ``freeze_bn_affine``)."""
         hp = self.hparams
-        heads = {"params": self.model.head_parameters(), "lr": hp.lr * hp.head_lr_mult}
-        if not hp.reference_lr_duplication:
-            return [{"params": self.model.backbone_parameters(), "lr": hp.lr}, heads]
-        by_count: dict[int, list[nn.Parameter]] = {}
+        heads = {"params": self.model.head_parameters(), "lr": hp.lr * hp.head_lr_mult, "name": "heads"}
+        if hp.sgd_mode == "once":
+            groups = [{"params": self.model.backbone_parameters(), "name": "backbone"}, heads]
+            return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         named = dict(self.model.named_parameters())
+        by_count: dict[int, list[nn.Parameter]] = {}
         for name, count in reference_lr_multiplicity(self.model).items():
             by_count.setdefault(count, []).append(named[name])
-        return [{"params": params, "lr": hp.lr * count} for count, params in sorted(by_count.items())] + [heads]
+        backbone = [{"params": params, "repeats": count, "name": f"backbone_x{count}"} for count, params in sorted(by_count.items())]
+        return ReferenceSGD(backbone + [heads], lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
 
     def poly(self, optimizer: torch.optim.Optimizer) -> dict:
         """This stage's poly schedule for ``optimizer``."""
         return poly_scheduler(optimizer, self.hparams.schedule_steps, self.hparams.poly_power)
 
     def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        optimizer = torch.optim.SGD(self.generator_param_groups(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        optimizer = self.generator_optimizer()
         return {"optimizer": optimizer, "lr_scheduler": self.poly(optimizer)}
 
 

@@ -1,0 +1,103 @@
+"""Resume that resumes: a shipped config's run folder is stable, ``--ckpt_path last`` continues it
+exactly after a kill -9, and never silently starts from scratch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shipped_inter_command(toy_root: Path, run_dir: Path, *extra: str) -> list[str]:
+    """README's command on configs/inter_gta5.yaml, shrunk to the toy data (depth 18, tiny sizes)."""
+    return [
+        sys.executable, "-m", "intrada_pl.cli", "fit", "--config", str(REPO / "configs" / "inter_gta5.yaml"),
+        "--trainer.default_root_dir", str(run_dir), "--trainer.accelerator", "cpu", "--trainer.max_steps", "12",
+        "--trainer.val_check_interval", "3", "--trainer.enable_progress_bar", "false",
+        "--model.init_args.depth", "18", "--model.init_args.pretrained", "null", "--model.init_args.schedule_steps", "30",
+        "--data.init_args.source_root", str(toy_root / "GTA5"), "--data.init_args.target_root", str(toy_root / "Cityscapes"),
+        "--data.init_args.source_size", "[64, 36]", "--data.init_args.target_size", "[64, 32]",
+        "--data.init_args.val_size", "[64, 32]", "--data.init_args.num_workers", "0",
+        *extra,
+    ]
+
+
+def env(tmp_path: Path) -> dict:
+    wandb = {var: str(tmp_path / var.lower()) for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR")}
+    return {**os.environ, **wandb, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+
+
+def weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+
+
+def test_kill_9_then_the_readme_resume_command_equals_an_uninterrupted_run(toy_root, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(shipped_inter_command(toy_root, straight), env=env(tmp_path), check=True, capture_output=True, timeout=300)
+
+    process = subprocess.Popen(shipped_inter_command(toy_root, killed), env=env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = killed / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert torch.load(last, weights_only=False)["global_step"] < 12
+
+    resumed = subprocess.run(shipped_inter_command(toy_root, killed, "--ckpt_path", "last"), env=env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = weights(straight), weights(killed)
+    assert a["global_step"] == b["global_step"] == 12
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=1e-6, msg=key)
+    assert sorted(p.name for p in killed.iterdir()) == sorted(p.name for p in straight.iterdir())  # one run folder, no version_N
+    steps = [int(line.split(",")[0]) for line in (killed / "logs" / "metrics.csv").read_text().splitlines()[1:] if line[:1].isdigit()]
+    assert steps == sorted(steps)  # the log reads like one run
+
+
+def console(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """The console script in-process: exit status and stderr."""
+    from intrada_pl.cli import run
+
+    monkeypatch.setattr(sys, "argv", ["intrada", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_ckpt_path_last_without_a_checkpoint_is_an_error(toy_root, tmp_path, monkeypatch, capsys):
+    """Before: a warning, training from step 0, exit 0."""
+    status, err = console(shipped_inter_command(toy_root, tmp_path / "run", "--ckpt_path", "last")[3:], monkeypatch, capsys)
+    assert status == 2
+    assert "intrada: error: --ckpt_path last: no last.ckpt to resume in" in err
+    assert "Traceback" not in err and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_last_link_to_a_missing_file_is_an_error(toy_root, tmp_path, monkeypatch, capsys):
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "last.ckpt").symlink_to("epoch=0-step=6.ckpt")
+    status, err = console(shipped_inter_command(toy_root, tmp_path / "run", "--ckpt_path", "last_if_present")[3:], monkeypatch, capsys)
+    assert status == 2 and "links to epoch=0-step=6.ckpt, which does not exist" in err
+
+
+@pytest.mark.parametrize("present", [False, True])
+def test_last_if_present_resumes_or_starts(tmp_path, present):
+    from intrada_pl.runs import resolve_resume
+
+    trainer = {"default_root_dir": str(tmp_path), "callbacks": [{"class_path": "intrada_pl.callbacks.ModelCheckpoint", "init_args": {"save_last": "link"}}]}
+    if present:
+        (tmp_path / "checkpoints").mkdir()
+        (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    expected = str(tmp_path / "checkpoints" / "last.ckpt") if present else None
+    assert resolve_resume("last_if_present", trainer) == expected
+    assert resolve_resume("some/file.ckpt", trainer) == "some/file.ckpt"
