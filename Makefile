@@ -4,9 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DATA ?= data/toy
 DEMO_RUNS ?= runs/demo
+DEMO_SEEDS_RUNS ?= runs/demo_seeds
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install test demo clean-demo rank pipeline
+.PHONY: install test demo demo-seeds clean-demo rank pipeline
 
 install: $(VENV)/.installed
 
@@ -25,6 +26,13 @@ demo: install $(DEMO_DATA)/toy_meta.json
 	$(BIN)/intrada pipeline --config configs/demo/pipeline.yaml
 	$(BIN)/intrada toy-data $(DEMO_DATA) --check-ranking $(DEMO_RUNS)/rank/ranking
 	@echo "demo data: $(DEMO_DATA); runs, checkpoints, rankings and metrics: $(DEMO_RUNS)/<stage>/"
+
+# The demo once per seed (configs/demo/pipeline_seeds.yaml, about 3x as long): mean +- std over seeds
+# and whether the stages' differences exceed the seed spread, in $(DEMO_SEEDS_RUNS)/summary.md.
+demo-seeds: install $(DEMO_DATA)/toy_meta.json
+	$(BIN)/intrada pipeline --config configs/demo/pipeline_seeds.yaml
+	for ranking in $(DEMO_SEEDS_RUNS)/seed_*/rank/ranking; do $(BIN)/intrada toy-data $(DEMO_DATA) --check-ranking $$ranking || exit 1; done
+	@echo "demo data: $(DEMO_DATA); runs per seed: $(DEMO_SEEDS_RUNS)/seed_<s>/<stage>/; summary: $(DEMO_SEEDS_RUNS)/summary.md"
 
 # The whole method on real data (edit the dataset roots in the config first).
 pipeline: install

@@ -12,10 +12,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
-from intrada_pl.data.labels import CLASS_NAMES, IGNORE_INDEX, colorize
+from intrada_pl.data.labels import colorize
 from intrada_pl.losses import normalized_entropy
-
-CLASS_LABELS = {**dict(enumerate(CLASS_NAMES)), IGNORE_INDEX: "ignore"}
+from intrada_pl.visuals import CLASS_LABELS, class_entries, entropy_heatmap, legend_panel, present_classes, titled
 
 
 class ModelCheckpoint(LightningModelCheckpoint):
@@ -45,7 +44,8 @@ class ModelCheckpoint(LightningModelCheckpoint):
 class SegmentationPanels(Callback):
     """Every ``every_n_validations`` validations, log for the first ``num_images`` validation
     images a panel of input, ground truth, prediction (masks carry class names in W&B) and the
-    normalised entropy map, plus the per-class IoU table of that validation.
+    normalised entropy map (with its colour bar), plus the per-class IoU table of that validation.
+    TensorBoard gets one titled image per panel, with a legend of the classes it shows.
     """
 
     def __init__(self, every_n_validations: int = 1, num_images: int = 4) -> None:
@@ -115,13 +115,13 @@ class SegmentationPanels(Callback):
 
     def _log_tensorboard(self, logger: TensorBoardLogger, step: int) -> None:
         for i, row in enumerate(self.rows):
-            panel = np.concatenate(
-                [row["image"], colorize(row["label"]), colorize(row["prediction"]), entropy_heatmap(row["entropy"])], axis=1
-            )
-            logger.experiment.add_image(f"val/panel_{i}", panel, step, dataformats="HWC")
+            logger.experiment.add_image(f"val/panel_{i}", tensorboard_panel(row), step, dataformats="HWC")
 
 
-def entropy_heatmap(entropy: np.ndarray) -> np.ndarray:
-    """Normalised entropy in [0, 1] as an RGB heat map (bright = uncertain)."""
-    grey = np.clip(entropy * 255, 0, 255).astype(np.uint8)
-    return cv2.cvtColor(cv2.applyColorMap(grey, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
+def tensorboard_panel(row: dict[str, np.ndarray]) -> np.ndarray:
+    """Image | ground truth | prediction | entropy under their titles, and the legend of the classes
+    in ground truth and prediction on the right."""
+    columns = [row["image"], colorize(row["label"]), colorize(row["prediction"]), entropy_heatmap(row["entropy"])]
+    panel = titled(columns, ["image", "ground truth", "prediction", "entropy"])
+    legend = legend_panel(class_entries(present_classes(row["label"], row["prediction"])), panel.shape[0])
+    return np.concatenate([panel, legend], axis=1)

@@ -6,12 +6,15 @@ from __future__ import annotations
 import csv
 import netrc
 import os
+import subprocess
 from typing import Any
 from urllib.parse import urlparse
 
 import lightning as L
+import yaml
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -144,3 +147,32 @@ class CSVLogger(LightningCSVLogger, Callback):
 
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
         self.save()
+
+
+def git_commit() -> str | None:
+    """The commit of the code that runs (``+dirty`` with uncommitted changes), if it is a git checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        sha = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if sha.returncode != 0:
+        return None
+    return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+class RunRecord(SaveConfigCallback):
+    """Lightning's config.yaml in the log folder, plus what makes a run reproducible in every logger:
+    the git commit and the seed (CSV: ``hparams.yaml``); W&B also gets the whole resolved config
+    and keeps the best ``val/mIoU`` in the run summary."""
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        record = {"git_commit": git_commit(), "seed": self.config.get("seed_everything")}
+        for logger in trainer.loggers:
+            if isinstance(logger, LightningWandbLogger):
+                config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+                logger.experiment.config.update({**record, "config": config}, allow_val_change=True)
+                logger.experiment.define_metric("val/mIoU", summary="max")
+            else:
+                logger.log_hyperparams(record)

@@ -41,6 +41,17 @@ holder dies, so it is never stale. SIGTERM or SIGINT stop the running child, a s
 128 + the signal's number. On Linux a child also gets SIGKILL when the pipeline dies without
 cleaning up (SIGKILL, ``PR_SET_PDEATHSIG``); other systems lack that, so there a child
 outlives a killed pipeline (the lock needs POSIX ``fcntl``: no Windows).
+
+Seeds. ``seeds: [0, 1, 2]`` in the pipeline YAML (or ``intrada pipeline --seeds 0,1,2``, which
+wins) runs every stage once per seed, in ``<run_dir>/seed_<s>/<stage>/``: each seed is a
+single-seed pipeline of its own (links resolve within it; its own ``summary.md``), whose
+stages get ``seed_everything: <s>`` in their resolved config (after ``overrides``), so each
+seed has its own fingerprints. All seeds are planned before anything runs, under the one
+``<run_dir>/pipeline.lock``. ``<run_dir>/summary.md`` and ``summary.json`` then give, per
+evaluated stage, the mean and the sample std (ddof=1) over seeds and every seed's mIoU, and
+compare each stage with the first and with the previous one (:func:`compare`); a W&B run
+gets the same tables (:func:`log_to_wandb`). One seed keeps the plain layout (``<run_dir>/<stage>/``,
+one table) and only sets ``seed_everything``; no seeds leaves the stage configs' own.
 """
 
 from __future__ import annotations
@@ -50,18 +61,21 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from intrada_pl.errors import BadInputError
 from intrada_pl.io import write_json, write_text
 
 CHECKPOINT_CLASSES = ("lightning.pytorch.callbacks.ModelCheckpoint", "intrada_pl.callbacks.ModelCheckpoint")
@@ -71,7 +85,7 @@ GRACE_S = 10.0  # how long a stopped child may take to exit after SIGTERM
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-class PipelineError(Exception):
+class PipelineError(BadInputError):
     """A run the pipeline refuses to start (the console script prints it as ``intrada: error: ...``)."""
 
 
@@ -114,12 +128,15 @@ class Pipeline:
     stages: list[Stage]
     test_config: dict
     evaluations: list[Evaluation]
+    seeds: list[int] = field(default_factory=list)  # one run per seed (module docstring); empty: the configs' own
     intrada: list[str] = field(default_factory=lambda: [sys.executable, "-m", "intrada_pl.cli"])  # runs a stage
     grace_s: float = GRACE_S
+    label: str = ""  # printed before stage names: "seed_1/" for one seed of a multi-seed run
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Pipeline:
         spec = yaml.safe_load(Path(path).read_text())
+        seeds = check_seeds(spec["seeds"], f"{path}: seeds") if "seeds" in spec else []
         stages = [Stage(**item) for item in spec["stages"]]
         names = [s.name for s in stages]
         for stage in stages:
@@ -131,7 +148,14 @@ class Pipeline:
         test_config = yaml.safe_load(Path(test["config"]).read_text())
         for key, value in test.get("overrides", {}).items():
             _set(test_config, key, value)
-        return cls(Path(spec["run_dir"]), stages, test_config, evaluations)
+        return cls(Path(spec["run_dir"]), stages, test_config, evaluations, seeds)
+
+    def per_seed(self) -> list[Pipeline]:
+        """The single-seed pipelines this one runs: itself with fewer than two seeds, otherwise
+        one per seed in ``<run_dir>/seed_<s>``."""
+        if len(self.seeds) < 2:
+            return [self]
+        return [replace(self, run_dir=self.run_dir / f"seed_{s}", seeds=[s], label=f"seed_{s}/") for s in self.seeds]
 
     def stage_dir(self, name: str) -> Path:
         return self.run_dir / name
@@ -163,6 +187,8 @@ class Pipeline:
             config["ckpt_path"] = self.output(f"{stage.checkpoint_from}.checkpoint")
         for key, value in stage.overrides.items():
             _set(config, key, value)
+        if len(self.seeds) == 1:
+            config["seed_everything"] = self.seeds[0]
         return config
 
     def plan(self) -> list[Step]:
@@ -206,7 +232,7 @@ class Pipeline:
 
     def prepare(self, step: Step) -> None:
         """Say what happens to the stage; move a stale stage folder aside."""
-        name, out = step.stage.name, self.stage_dir(step.stage.name)
+        name, out = self.label + step.stage.name, self.stage_dir(step.stage.name)
         print(f"[pipeline] {name}: {step.reason}" + (f" ({out})" if step.action == "skip" else ""))
         if step.action == "rerun" and out.exists():
             previous = out.with_name(f"{out.name}.previous")
@@ -215,7 +241,7 @@ class Pipeline:
             print(f"[pipeline] {name}: previous outputs moved to {previous}")
 
     def run_step(self, step: Step) -> None:
-        name, out = step.stage.name, self.stage_dir(step.stage.name)
+        name, out = self.label + step.stage.name, self.stage_dir(step.stage.name)
         config_path = write_text(out / "stage_config.yaml", _dump(step.config))
         args = [step.stage.command, "--config", str(config_path)]
         if step.action == "resume":
@@ -231,27 +257,45 @@ class Pipeline:
             args = ["test", "--config", str(test_config), "--ckpt", self.output(f"{evaluation.stage}.checkpoint"), "--output", str(out)]
             if evaluation.calibration:
                 args += ["--calibration", evaluation.calibration]
-            print(f"[pipeline] test {label}: intrada {' '.join(args)}", flush=True)
+            print(f"[pipeline] test {self.label}{label}: intrada {' '.join(args)}", flush=True)
             self._intrada(args)
         metrics = json.loads((out / "metrics.json").read_text())
         return {"stage": label, "mIoU": metrics["mIoU"], "metrics": str(out / "metrics.json")}
 
-    def run(self) -> list[dict]:
+    def evaluate_all(self, test_config: Path) -> list[dict]:
+        """Every evaluation, as a table in ``summary.md`` and ``summary.json``."""
+        rows = [self.evaluate(e, test_config) for e in self.evaluations]
+        write_json(self.run_dir / "summary.json", rows)
+        write_text(self.run_dir / "summary.md", format_table(rows) + "\n")
+        return rows
+
+    def run(self) -> list[dict] | dict:
+        """Every stage of every seed, then the evaluations; returns the summary (the rows of the
+        table with fewer than two seeds, :func:`aggregate`'s dict otherwise)."""
         with _locked(self.run_dir), _exit_on_signals():
-            steps = self.plan()
-            for step in steps:  # all stale folders go before anything runs (see the module docstring)
-                self.prepare(step)
-            for step in steps:
-                if step.action != "skip":
-                    self.run_step(step)
+            plans = [(run, run.plan()) for run in self.per_seed()]
+            for run, steps in plans:  # all stale folders go before anything runs (see the module docstring)
+                for step in steps:
+                    run.prepare(step)
+            for run, steps in plans:
+                for step in steps:
+                    if step.action != "skip":
+                        run.run_step(step)
             test_config = write_text(self.run_dir / "test_config.yaml", yaml.safe_dump(self.test_config, sort_keys=False))
-            rows = [self.evaluate(e, test_config) for e in self.evaluations]
-            table = format_table(rows)
+            results = [run.evaluate_all(test_config) for run, _ in plans]
+            if len(results) == 1:
+                summary: list[dict] | dict = results[0]
+                table = format_table(summary)
+            else:
+                summary = aggregate(dict(zip(self.seeds, results)))
+                table = format_seeds(summary)
+                write_json(self.run_dir / "summary.json", summary)
+                write_text(self.run_dir / "summary.md", table + "\n")
             print(table)
-            write_json(self.run_dir / "summary.json", rows)
-            write_text(self.run_dir / "summary.md", table + "\n")
             print(f"[pipeline] summary written to {self.run_dir / 'summary.md'}")
-            return rows
+            if len(results) > 1:
+                log_to_wandb(summary, self.run_dir)
+            return summary
 
     def _intrada(self, args: list[str]) -> None:
         run_supervised([*self.intrada, *args], self.grace_s)
@@ -390,9 +434,108 @@ def _set(config: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def check_seeds(seeds: Any, where: str) -> list[int]:
+    """``seeds`` if it is a non-empty list of distinct integers; else :class:`PipelineError` naming ``where``."""
+    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise PipelineError(f"{where} must be a non-empty list of distinct integers, got {seeds!r}")
+    return seeds
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2``."""
+    words = text.split(",")
+    if not all(re.fullmatch(r"\s*-?\d+\s*", w) for w in words):
+        raise PipelineError(f"--seeds takes comma-separated integers such as 0,1,2, got {text!r}")
+    return check_seeds([int(w) for w in words], "--seeds")
+
+
+SPREAD_RULE = ("a difference of means exceeds the seed-to-seed spread when |diff| > 2 * SE, "
+               "SE = sqrt(std_a^2/n_a + std_b^2/n_b) (Welch's standard error of the difference)")
+
+
+def aggregate(results: dict[int, list[dict]]) -> dict:
+    """Per evaluated stage, the mean, sample std (ddof=1) and per-seed mIoU over the seeds of
+    ``results`` (seed -> the table rows of that seed, the same stages in the same order), and
+    each stage compared with the first one and with the previous one (:func:`compare`)."""
+    seeds = list(results)
+    names = [row["stage"] for row in results[seeds[0]]]
+    stages = []
+    for i, name in enumerate(names):
+        per_seed = [{"seed": seed, "mIoU": results[seed][i]["mIoU"], "metrics": results[seed][i].get("metrics")} for seed in seeds]
+        values = [r["mIoU"] for r in per_seed]
+        stages.append({"stage": name, "mean": statistics.mean(values), "std": statistics.stdev(values), "n": len(values), "per_seed": per_seed})
+    pairs = [(0, i) for i in range(1, len(stages))] + [(i - 1, i) for i in range(2, len(stages))]
+    comparisons = [compare(stages[a], stages[b]) for a, b in sorted(pairs, key=lambda p: (p[1], p[0]))]
+    return {"seeds": seeds, "statistics": "mean and sample standard deviation (ddof=1) over seeds", "rule": SPREAD_RULE,
+            "stages": stages, "comparisons": comparisons}
+
+
+def compare(baseline: dict, stage: dict) -> dict:
+    """``stage``'s mean minus ``baseline``'s, and whether it exceeds the seed spread (:data:`SPREAD_RULE`).
+    With a handful of seeds this is a screen, not a test: their std is itself rough."""
+    se = (baseline["std"] ** 2 / baseline["n"] + stage["std"] ** 2 / stage["n"]) ** 0.5
+    diff = stage["mean"] - baseline["mean"]
+    return {"stage": stage["stage"], "baseline": baseline["stage"], "diff": diff, "two_se": 2 * se, "exceeds": abs(diff) > 2 * se}
+
+
 def format_table(rows: list[dict]) -> str:
     """A Markdown table, mIoU per evaluated stage."""
-    width = max(len("stage"), *(len(r["stage"]) for r in rows))
-    lines = [f"| {'stage':<{width}} | mIoU (%) |", f"|{'-' * (width + 2)}|----------|"]
-    lines += [f"| {r['stage']:<{width}} | {r['mIoU']:8.2f} |" for r in rows]
-    return "\n".join(lines)
+    return _markdown(["stage", "mIoU (%)"], [[r["stage"], f"{r['mIoU']:.2f}"] for r in rows], "lr")
+
+
+def format_seeds(summary: dict) -> str:
+    """:func:`aggregate`'s summary as Markdown: mean +- std and each seed's mIoU per stage, then the comparisons."""
+    seeds = summary["seeds"]
+    n = len(seeds)
+    stages = _markdown(
+        ["stage", "mean ± std", *(f"seed {s}" for s in seeds)],
+        [[r["stage"], f"{r['mean']:.2f} ± {r['std']:.2f}", *(f"{p['mIoU']:.2f}" for p in r["per_seed"])] for r in summary["stages"]],
+        "l" + "r" * (n + 1),
+    )
+    comparisons = _markdown(
+        ["stage", "vs", "diff", "2 SE", "exceeds the seed spread"],
+        [[c["stage"], c["baseline"], f"{c['diff']:+.2f}", f"{c['two_se']:.2f}", "yes" if c["exceeds"] else "no"] for c in summary["comparisons"]],
+        "llrrl",
+    )
+    return (f"mIoU (%) over {n} seeds ({', '.join(map(str, seeds))}): mean ± sample std (ddof=1), then each seed\n\n{stages}\n\n"
+            f"Each stage vs the first and vs the previous one: {SPREAD_RULE}. With n = {n} seeds this is a rough "
+            f"screen, not a significance test.\n\n{comparisons}")
+
+
+def _markdown(header: list[str], rows: list[list[str]], align: str) -> str:
+    """A Markdown table padded to fit, column i left-aligned if ``align[i]`` is "l", else right-aligned."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(cells, widths, align)) + " |"
+
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def log_to_wandb(summary: dict, run_dir: Path) -> None:
+    """The multi-seed summary as a W&B run in ``<run_dir>/wandb``: offline unless logged in,
+    ``WANDB_MODE`` wins (as :class:`intrada_pl.loggers.WandbLogger`); skipped without wandb."""
+    try:
+        import wandb
+    except ImportError:
+        print("[pipeline] wandb is not installed: no W&B summary run")
+        return
+    mode = os.environ.get("WANDB_MODE")
+    if not mode:
+        from intrada_pl.loggers import wandb_logged_in  # imports Lightning: only when needed
+
+        mode = "online" if wandb_logged_in() else "offline"
+    config = {"run_dir": str(run_dir), **{key: summary[key] for key in ("seeds", "statistics", "rule")}}
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "intrada_pl"), name=f"{run_dir.name} seeds",
+                     job_type="pipeline-summary", dir=str(run_dir), mode=mode, config=config)
+    seeds = summary["seeds"]
+    stages = wandb.Table(columns=["stage", "mean", "std", "n", *(f"seed_{s}" for s in seeds)],
+                         data=[[r["stage"], r["mean"], r["std"], r["n"], *(p["mIoU"] for p in r["per_seed"])] for r in summary["stages"]])
+    comparisons = wandb.Table(columns=["stage", "vs", "diff", "two_se", "exceeds"],
+                              data=[[c["stage"], c["baseline"], c["diff"], c["two_se"], c["exceeds"]] for c in summary["comparisons"]])
+    run.log({"mIoU_over_seeds": stages, "comparisons": comparisons})
+    for r in summary["stages"]:
+        run.summary[f"{r['stage']}/mIoU_mean"] = r["mean"]
+        run.summary[f"{r['stage']}/mIoU_std"] = r["std"]
+    run.finish()

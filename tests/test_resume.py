@@ -101,3 +101,7 @@ def test_last_if_present_resumes_or_starts(tmp_path, present):
     expected = str(tmp_path / "checkpoints" / "last.ckpt") if present else None
     assert resolve_resume("last_if_present", trainer) == expected
     assert resolve_resume("some/file.ckpt", trainer) == "some/file.ckpt"
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"  # what Lightning's SLURM auto-requeue saves on its signal
+    hpc.write_bytes(b"x")
+    os.utime(hpc, (time.time() + 10, time.time() + 10))
+    assert resolve_resume("last", trainer) == resolve_resume("last_if_present", trainer) == str(hpc)  # the newest

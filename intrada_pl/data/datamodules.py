@@ -8,15 +8,17 @@ YAML without touching this file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from intrada_pl.data.datasets import SegmentationDataset, build_dataset, read_index_png, resize_nearest
 from intrada_pl.data.transforms import Resampling, SegmentationTransform, Size
+from intrada_pl.errors import ConfigValueError
 
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, train: bool) -> DataLoader:
@@ -135,7 +137,15 @@ class TargetDataModule(L.LightningDataModule):
 
     Images are resized to ``size`` (``resize``: ``"pil"``, the reference's pixels, or the faster
     ``"opencv"``); labels stay at full resolution so scores are taken at the ground truth's
-    resolution, as in the reference evaluation.
+    resolution, as in the reference evaluation. In ``predict`` they are resized (nearest, as
+    PIL) to ``size`` with the images: the entropy ranking compares them with its pseudo-labels
+    at the ranking resolution (``reliability.json``), and a 1024x512 map is cheap.
+
+    ``with_labels``: ``None`` (default) reads labels to evaluate (``test``, ``validate``) and not
+    to predict (the reference's ranking reads none); ``True`` reads them in every stage (a
+    missing label file is an error), ``False`` never; ``"auto"`` reads them when every image
+    has a label file and otherwise goes without (so a ranking config works on Cityscapes train,
+    which has gtFine, and on an unlabelled split alike).
     """
 
     def __init__(
@@ -145,22 +155,36 @@ class TargetDataModule(L.LightningDataModule):
         split: str = "val",
         list_file: str | None = None,
         size: Size | None = (1024, 512),
-        with_labels: bool = True,
+        with_labels: bool | Literal["auto"] | None = None,
         options: dict[str, Any] | None = None,
         batch_size: int = 1,
         num_workers: int = 4,
         resize: Resampling = "pil",
     ) -> None:
         super().__init__()
+        if with_labels not in (True, False, "auto", None):
+            raise ConfigValueError(f"TargetDataModule with_labels must be true, false, auto or null, got {with_labels!r}")
         self.save_hyperparameters()
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
-        with_labels = hp.with_labels and stage != "predict"
-        self.dataset = build_dataset(
-            hp.dataset, hp.root, split=hp.split, list_file=hp.list_file, with_labels=with_labels, **(hp.options or {})
+        with_labels = stage != "predict" if hp.with_labels is None else hp.with_labels
+        self.dataset = self._build(with_labels)
+        self.dataset.transform = SegmentationTransform(hp.size, resize_label=stage == "predict", resize=hp.resize)
+
+    def _build(self, with_labels: bool | str) -> SegmentationDataset:
+        hp = self.hparams
+        options = {"split": hp.split, "list_file": hp.list_file, **(hp.options or {})}
+        if with_labels != "auto":
+            return build_dataset(hp.dataset, hp.root, with_labels=with_labels, **options)
+        dataset = build_dataset(hp.dataset, hp.root, with_labels=True, **{**options, "missing_labels": "keep"})
+        if not dataset.missing_label_names:
+            return dataset
+        rank_zero_info(
+            f"with_labels auto: {len(dataset.missing_label_names)} of {len(dataset)} images under {hp.root} have no label file "
+            f"(first: {dataset.missing_label_names[0]}); using the images without labels"
         )
-        self.dataset.transform = SegmentationTransform(hp.size, resize_label=False, resize=hp.resize)
+        return build_dataset(hp.dataset, hp.root, with_labels=False, **options)
 
     def _loader(self) -> DataLoader:
         return make_loader(self.dataset, self.hparams.batch_size, self.hparams.num_workers, train=False)

@@ -15,11 +15,14 @@ Label reading is split in two so that tools can check data without guessing:
 :meth:`read_label` = raw -> train IDs -> resized (NEAREST) to the image size when they differ,
 unless the transform resizes labels itself (``transform.resizes_label``): it then gets the label
 at its on-disk size and resizes it once, straight to the training size, as the reference does.
+Only datasets whose labels may differ in size from their images (``label_size_may_differ``: GTA5's
+20801-20860, Synscapes at 2k) are resized; elsewhere a label of another size is refused.
 """
 
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import re
 import textwrap
@@ -34,35 +37,66 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from intrada_pl.errors import BadInputError
+
 from . import labels as L
 
 __all__ = [
-    "DatasetLayoutError", "LabelFormatError", "SegmentationDataset",
+    "DatasetLayoutError", "LabelFormatError", "ImageFileError", "SegmentationDataset",
     "GTA5", "Synthia", "Synscapes", "Cityscapes", "FoggyCityscapes", "BDD100K", "Mapillary",
     "WildDash2", "ACDC", "DATASETS", "get_dataset_class", "build_dataset",
     "read_rgb", "read_index_png", "image_size", "resize_nearest",
 ]
 
 
-class DatasetLayoutError(FileNotFoundError):
+class DatasetLayoutError(BadInputError, FileNotFoundError):
     """The files under a dataset root do not match the layout the dataset class expects."""
 
 
-class LabelFormatError(ValueError):
-    """A label file decodes, but not in the encoding its dataset uses (e.g. 8-bit SYNTHIA)."""
+class LabelFormatError(BadInputError, ValueError):
+    """A label file decodes, but not in the encoding its dataset uses (e.g. 8-bit SYNTHIA), or
+    not at its image's size."""
+
+
+class ImageFileError(BadInputError, OSError):
+    """An image or label file that cannot be decoded: truncated, corrupt, or no image at all."""
 
 
 # ------------------------------------------------------------------------------------------
 # Readers. Images go through cv2 (faster than PIL for both PNG and JPEG decoding). EXIF
 # orientation is ignored on purpose: label PNGs are aligned with the stored pixel grid.
+def _read_file(path: str | Path, what: str) -> bytes:
+    """The bytes of an image or label file, refused if they stop before the format's end marker
+    (a PNG's IEND chunk; a JPEG's end-of-image after its last scan): OpenCV would fill the
+    missing rows of a truncated JPEG with grey, so a partial download or copy would pass silently."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} file not found: {path}") from None
+    png, jpeg = data.startswith(b"\x89PNG\r\n\x1a\n"), data.startswith(b"\xff\xd8")
+    if (png and data.rfind(b"IEND\xaeB`\x82") < 0) or (jpeg and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")):
+        raise ImageFileError(f"{what} file {path} is truncated: its {'PNG' if png else 'JPEG'} data stops before the end "
+                             f"(an interrupted download, copy or extraction?); replace it with the complete file")
+    return data
+
+
+def _undecodable(path: str | Path, what: str) -> ImageFileError:
+    expected = "PNG" if what == "label" else "PNG or JPEG"
+    return ImageFileError(f"{what} file {path} cannot be decoded: expected a {expected} image, "
+                          f"the file is corrupt or of another kind; replace it with the original")
+
+
+def _decode_cv2(path: str | Path, flags: int, what: str = "label") -> np.ndarray:
+    """The array OpenCV decodes from an image or label file (``cv2.IMREAD_*`` ``flags``)."""
+    image = cv2.imdecode(np.frombuffer(_read_file(path, what), np.uint8), flags)
+    if image is None:
+        raise _undecodable(path, what)
+    return image
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """HxWx3 uint8 RGB image (grey/RGBA/16-bit inputs are converted to 8-bit RGB)."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if img is None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        raise OSError(f"cannot decode image file: {path}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(_decode_cv2(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION, "image"), cv2.COLOR_BGR2RGB)
 
 
 def read_index_png(path: str | Path) -> np.ndarray:
@@ -71,12 +105,17 @@ def read_index_png(path: str | Path) -> np.ndarray:
     PIL is used because cv2 expands palette PNGs to colours; for mode P we need the palette
     *indices* (GTA5, Mapillary), since distinct classes may share a colour.
     """
-    with Image.open(path) as im:
-        if im.mode not in ("L", "P"):
-            raise LabelFormatError(
-                f"expected an 8-bit single-channel (L) or palette (P) label PNG, "
-                f"got PIL mode {im.mode!r}: {path}")
-        return np.array(im)
+    data = _read_file(path, "label")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            mode = im.mode
+            values = np.array(im) if mode in ("L", "P") else None
+    except (OSError, SyntaxError) as error:  # PIL: UnidentifiedImageError, "broken PNG file", ...
+        raise _undecodable(path, "label") from error
+    if values is None:
+        raise LabelFormatError(
+            f"expected an 8-bit single-channel (L) or palette (P) label PNG, got PIL mode {mode!r}: {path}")
+    return values
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -123,6 +162,8 @@ class SegmentationDataset(Dataset):
     name_regex: ClassVar[str] = r"[^/]+\.png"
     #: train-ID lookup table for the raw label values
     label_lut: np.ndarray = L.ID_TO_TRAIN_ID_LUT
+    #: whether a label may differ in size from its image (then resized NEAREST); elsewhere that is refused
+    label_size_may_differ: ClassVar[bool] = False
     #: valid raw label values: 0..raw_label_max plus raw_label_extra
     raw_label_encoding: ClassVar[str] = "Cityscapes label ids 0..33"
     raw_label_max: int = 33
@@ -291,15 +332,19 @@ class SegmentationDataset(Dataset):
 
     def read_label(self, i: int, hw: tuple[int, int] | None = None, align: bool = True) -> np.ndarray:
         """HxW uint8 train IDs at the image size ``hw`` (read from the image header if None), or
-        at the label file's own size with ``align=False`` (for a transform that resizes it)."""
+        at the label file's own size with ``align=False`` (for a transform that resizes it).
+        A label of another size than its image is refused unless ``label_size_may_differ``."""
         label = np.ascontiguousarray(self.raw_to_train_id(self.read_raw_label(i)), dtype=np.uint8)
-        if not align:
-            return label
         if hw is None:
             hw = image_size(self.image_paths[i])
-        if label.shape[:2] != tuple(hw):
-            label = resize_nearest(label, hw)
-        return label
+        if label.shape[:2] == tuple(hw):
+            return label
+        if not self.label_size_may_differ:
+            (h, w), (lh, lw) = hw, label.shape[:2]
+            raise LabelFormatError(
+                f"label {self.label_path(i)} is {lw}x{lh} but its image {self.image_paths[i]} is {w}x{h}: "
+                f"{type(self).__name__} labels have the size of their image (a label of another image or resolution?)")
+        return resize_nearest(label, hw) if align else label
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         image = self.read_image(i)
@@ -328,6 +373,8 @@ class GTA5(SegmentationDataset):
     (ids 0-4 are all black, pole/polegroup share grey), so we read indices, never RGB. 60 labels
     (20801-20860) differ in size from their image; ``read_label`` resizes them (NEAREST).
     """
+
+    label_size_may_differ = True
 
     layout = """
 <root>/
@@ -367,9 +414,7 @@ Files such as GT/LABELS/*_labelTrainIds.png are ignored; split is unused.
         return self.root / "GT" / "LABELS" / name
 
     def _decode_label(self, path: Path) -> np.ndarray:
-        lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if lab is None:
-            raise OSError(f"cannot decode label file: {path}")
+        lab = _decode_cv2(path, cv2.IMREAD_UNCHANGED)
         if lab.dtype != np.uint16 or lab.ndim != 3 or lab.shape[2] not in (3, 4):
             channels = 1 if lab.ndim == 2 else lab.shape[2]
             raise LabelFormatError(
@@ -390,6 +435,7 @@ Names are not zero-padded and are sorted numerically; split is unused.
 """
     nested_roots = ("Synscapes",)
     name_regex = r"\d+\.png"
+    label_size_may_differ = True  # rgb-2k images, 1440x720 labels
 
     def __init__(self, root: str | Path, split: str | None = None, image_dir: str = "rgb", **kwargs: Any) -> None:
         if image_dir not in ("rgb", "rgb-2k"):
@@ -578,9 +624,7 @@ class WildDash2(SegmentationDataset):
         return path.stem in self._segments and path.is_file()
 
     def _decode_label(self, path: Path) -> np.ndarray:
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise OSError(f"cannot decode label file: {path}")
+        bgr = _decode_cv2(path, cv2.IMREAD_COLOR)
         if path.stem not in self._segments:
             raise LabelFormatError(f"no annotation for {path.name} in {self.root / 'panoptic.json'}: {path}")
         seg = {0: L.IGNORE_INDEX, **self._segments[path.stem]}

@@ -123,7 +123,7 @@ def colorize(train_ids: np.ndarray) -> np.ndarray:
     train_ids = np.asarray(train_ids)
     if train_ids.dtype != np.uint8:
         train_ids = map_ids(train_ids, np.arange(256, dtype=np.uint8), fill=IGNORE_INDEX)
-    return _TRAIN_COLOR_LUT[train_ids]
+    return _TRAIN_COLOR_LUT.take(train_ids, axis=0)  # = _TRAIN_COLOR_LUT[train_ids], ~4x faster
 
 
 # --------------------------------------------------------------------------------------------

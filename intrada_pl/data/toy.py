@@ -9,6 +9,7 @@ fraction of the target is rainy or at night, so the entropy ranking has somethin
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,8 @@ import cv2
 import numpy as np
 
 from intrada_pl.data.layouts import write_cityscapes, write_gta5
-from intrada_pl.io import write_json
+from intrada_pl.errors import ConfigValueError
+from intrada_pl.io import write_json, write_text
 
 # Cityscapes label ids used by the scene grammar.
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN = 7, 8, 11, 12, 13, 17, 19, 20
@@ -56,6 +58,17 @@ class ToySpec:
     source_size: tuple[int, int] = (256, 144)
     target_size: tuple[int, int] = (320, 160)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse what :func:`generate` cannot write (a count of 0 leaves that part out)."""
+        for name in ("source_images", "target_train", "target_val", "seed"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigValueError(f"toy data: {name} must be an integer >= 0, got {getattr(self, name)!r}")
+        for name in ("source_size", "target_size"):
+            if len(getattr(self, name)) != 2 or min(getattr(self, name)) < 16:
+                raise ConfigValueError(f"toy data: {name} must be (W, H), each at least 16 pixels, got {getattr(self, name)!r}")
+        if not 0.0 <= self.hard_fraction <= 1.0:
+            raise ConfigValueError(f"toy data: hard_fraction must lie in [0, 1], got {self.hard_fraction!r}")
 
 
 def draw_scene(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -152,7 +165,8 @@ def render(rng: np.random.Generator, ids: np.ndarray, domain: str, hard: str | N
 
 
 def generate(out: str | Path, spec: ToySpec = ToySpec()) -> dict:
-    """Write ``out/GTA5`` and ``out/Cityscapes`` and return (and save) a summary with the hard images."""
+    """Write ``out/GTA5`` and ``out/Cityscapes`` and return (and save) a summary with the hard
+    images, which also go to ``out/hard_list.txt`` (the ranking's ``hard_list`` format)."""
     out = Path(out)
     rng = np.random.default_rng(spec.seed)
     sw, sh = spec.source_size
@@ -180,27 +194,42 @@ def generate(out: str | Path, spec: ToySpec = ToySpec()) -> dict:
         "hard_train_images": sorted(hard_names),
         "spec": spec.__dict__,
     }
+    write_text(out / "hard_list.txt", "".join(f"{name}\n" for name in summary["hard_train_images"]))
     write_json(out / "toy_meta.json", summary)
     return summary
 
 
 def ranking_recall(toy_root: str | Path, ranking_dir: str | Path) -> dict:
-    """How many of the generated hard (rainy/night) train images an entropy ranking put in its
-    hard split, against what a random split of the same sizes would find on average."""
+    """How well an entropy ranking found the generated hard (rainy/night) train images
+    (:func:`~intrada_pl.stages.ranking_report.hard_list_report`): ``found`` of ``generated_hard``
+    in its ``ranked_hard`` images, recall, precision, ``chance`` (what a random split of the same
+    sizes finds on average) and the AUROC of the scores in ``scores.csv`` (without it, of the
+    rank: ``easy.txt`` then ``hard.txt`` list the images in ascending score order)."""
+    from intrada_pl.stages.ranking_report import hard_list_report
+
     meta_path = Path(toy_root) / "toy_meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} not found: {toy_root} is not toy data written by 'intrada toy-data'")
-    generated = set(json.loads(meta_path.read_text())["hard_train_images"])
+    generated = json.loads(meta_path.read_text())["hard_train_images"]
     splits = {}
     for split in ("easy", "hard"):
         path = Path(ranking_dir) / f"{split}.txt"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: point at the ranking/ folder of an entropy ranking")
         splits[split] = path.read_text().split()
-    total = len(splits["easy"]) + len(splits["hard"])
+    scores_path = Path(ranking_dir) / "scores.csv"
+    if scores_path.is_file():
+        with scores_path.open(newline="") as f:
+            scores = {row["name"]: float(row["score"]) for row in csv.DictReader(f)}
+    else:
+        scores = {name: float(rank) for rank, name in enumerate(splits["easy"] + splits["hard"])}
+    report = hard_list_report(scores, splits["hard"], generated)
     return {
         "generated_hard": len(generated),
         "ranked_hard": len(splits["hard"]),
-        "found": len(generated & set(splits["hard"])),
-        "chance": len(generated) * len(splits["hard"]) / total if total else 0.0,
+        "found": report["found"],
+        "recall": report["recall"],
+        "precision": report["precision"],
+        "chance": report["chance_found"],
+        "auroc": report["auroc"],
     }

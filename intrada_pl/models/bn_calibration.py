@@ -25,7 +25,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Collection, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -491,16 +491,28 @@ def freeze_all_but_calibration(model: nn.Module) -> int:
     return sum(p.numel() for p in trainable)
 
 
-def set_calibration_mode(model: nn.Module, mode: CalibrationMode, strength: float | None = None) -> int:
-    """Switch every converted layer to ``mode`` (e.g. a grid search over manual ``m`` without
-    reconverting). Returns the number of layers switched; raises if the model has none."""
+def set_calibration_mode(
+    model: nn.Module, mode: CalibrationMode, strength: float | None = None, layers: Collection[str] | None = None
+) -> int:
+    """Switch the converted layers to ``mode`` (e.g. a grid search over manual ``m`` without
+    reconverting). With ``layers`` (qualified module names), only those take ``mode`` and every
+    other one becomes plain eval-mode BN (``none``, m = 0), which restricts a calibration to
+    chosen layers. Returns the number of layers switched to ``mode``; raises if the model has no
+    calibrated layer or ``layers`` names one it does not have."""
     _check_mode(mode)
-    layers = _calibrated_layers(model)
-    if not layers:
+    calibrated = _calibrated_layers(model)
+    if not calibrated:
         raise ValueError("model has no CalibratedBatchNorm layers; call convert_batchnorm(model, mode) first")
-    for _, layer in layers:
-        layer.set_mode(mode, strength=strength)
-    return len(layers)
+    if layers is not None and (unknown := set(layers) - {name for name, _ in calibrated}):
+        raise ValueError(f"no calibrated BatchNorm named {', '.join(sorted(unknown))} in the model")
+    switched = 0
+    for name, layer in calibrated:
+        if layers is None or name in layers:
+            layer.set_mode(mode, strength=strength)
+            switched += 1
+        else:
+            layer.set_mode("none")
+    return switched
 
 
 def record_strengths(model: nn.Module, enabled: bool = True) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from intrada_pl.errors import BadInputError
 from intrada_pl.models.deeplabv2 import HEAD_MODULES, RESNET_LAYOUTS, Bottleneck, DeepLabV2
 
 _MAIN_HEAD_KEY = "layer6.conv2d_list.0.weight"
@@ -24,7 +25,7 @@ _DEPTH_BY_LAYOUT = {(block is Bottleneck, blocks[2]): depth for depth, (block, b
 _SHOWN_KEYS = 5
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(BadInputError, ValueError):
     """A weights file does not fit the model (class count, depth, heads or tensor shapes)."""
 
 
@@ -168,7 +169,7 @@ def _check_and_load(model: DeepLabV2, state: dict[str, Tensor], expected: Mappin
 def load_state_checked(model: DeepLabV2, state: dict[str, Tensor], source: str) -> str:
     """Load a full segmentation state dict strictly, naming any mismatch."""
     _check_and_load(model, state, model.state_dict(), source)
-    return f"full segmentation state dict from {source}"
+    return f"all {len(state)} tensors of a {_describe(model)} from {source}"
 
 
 def load_reference_checkpoint(model: DeepLabV2, path: str | Path) -> str:
@@ -192,6 +193,12 @@ def load_pretrained(model: DeepLabV2, path: str | Path | None) -> str:
         warnings.warn("no pretrained weights given: starting DeepLabV2 from random init",
                       UserWarning, stacklevel=2)
         return "random"
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"pretrained weights not found: {path} (model.init_args.pretrained). The configs start from "
+            f"DeepLab_resnet_pretrained_imagenet.pth, the ImageNet init ADVENT and IntraDA use: download it from the "
+            f"ADVENT repository's releases page (https://github.com/valeoai/ADVENT/releases, see its README) to that path, "
+            f"or give another checkpoint, or null for a random init")
     blob = read_checkpoint(path)
     state = unwrap_state_dict(blob)
     if any(_top(k) == "layer6" for k in state):
@@ -213,4 +220,4 @@ def load_pretrained(model: DeepLabV2, path: str | Path | None) -> str:
     expected = {k: v for k, v in model.state_dict().items() if _top(k) not in HEAD_MODULES}
     _check_and_load(model, backbone, expected, str(path))
     dropped = f"; skipped {', '.join(skipped)}" if skipped else ""
-    return f"ImageNet backbone from {path}{dropped}; heads random"
+    return f"ImageNet backbone ({len(backbone)} tensors) of a {_describe(model)} from {path}{dropped}; heads random (N(0, 0.01))"

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import Metric
@@ -17,12 +18,18 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from intrada_pl.checkpoints import load_segmenter
 from intrada_pl.data.datamodules import TargetDataModule
-from intrada_pl.data.labels import IGNORE_INDEX, TRAIN_ID_TO_ID_LUT, colorize
-from intrada_pl.io import write_json, write_png
+from intrada_pl.data.datasets import resize_nearest
+from intrada_pl.data.labels import CLASS_NAMES, IGNORE_INDEX, TRAIN_ID_TO_ID_LUT, colorize
+from intrada_pl.errors import ConfigValueError
+from intrada_pl.io import atomic_path, write_json, write_png
 from intrada_pl.losses import upsample
 from intrada_pl.metrics import format_iou_table, iou_report
 from intrada_pl.stages.segmentation import SegmentationEvalModule
-from intrada_pl.stages.tta import MethodSpec, build_test_methods
+from intrada_pl.stages.adabn import DEFAULT_CACHE, target_statistics
+from intrada_pl.stages.tta import AdaBN, MethodSpec, Statistics, build_test_methods
+from intrada_pl.visuals import (
+    CLASS_LABELS, confusion_figure, figure_array, prediction_pictures, reliability_bins, reliability_figure, resize_bilinear, write_figure,
+)
 
 
 class PixelCalibrationError(Metric):
@@ -130,7 +137,7 @@ def strength_grid(results: dict[str, dict[str, dict]]) -> dict:
     """mIoU and ECE per manual strength m for every target, and the best m (highest mIoU)."""
     grid: dict[str, dict] = {}
     for target, per_method in results.items():
-        rows = {float(name.split("@", 1)[1]): r for name, r in per_method.items() if name.startswith("manual@")}
+        rows = {float(name.split("@", 1)[1]): r for name, r in per_method.items() if name.startswith("manual@") and "[" not in name}
         if not rows:
             continue
         best = max(rows, key=lambda m: -1.0 if rows[m]["mIoU"] is None else rows[m]["mIoU"])
@@ -144,6 +151,71 @@ def strength_grid(results: dict[str, dict[str, dict]]) -> dict:
     return grid
 
 
+def layer_study(results: dict[str, dict[str, dict]], method: str, groups: Sequence[str]) -> dict:
+    """Per target: mIoU and ECE of ``method`` (a canonical method name) on each layer group alone
+    (``METHOD[g]``) and on all layers but it (``METHOD[-g]``), beside ``none`` and ``method`` on
+    every layer, from the results of those methods."""
+    study: dict[str, dict] = {}
+    for target, per_method in results.items():
+        def scores(name: str) -> dict:
+            return {"mIoU": per_method[name]["mIoU"], "ECE": per_method[name]["ECE"]}
+
+        study[target] = {
+            "method": method,
+            "none": scores("none"),
+            "all": scores(method),
+            "alone": {g: scores(f"{method}[{g}]") for g in groups},
+            "all_but": {g: scores(f"{method}[-{g}]") for g in groups},
+        }
+    return study
+
+
+def format_layer_table(study: dict) -> str:
+    """The :func:`layer_study` of every target as a text table (mIoU % / ECE %)."""
+    lines = []
+    for target, row in study.items():
+        width = max(len("all layers"), *(len(g) for g in row["alone"]))
+        lines += [f"{target}: {row['method']} per layer group, mIoU (%) / ECE (%)", f"{'group':<{width}}{'alone':>18}{'all but':>18}"]
+        lines += [f"{g:<{width}}{_pair(row['alone'][g]):>18}{_pair(row['all_but'][g]):>18}" for g in row["alone"]]
+        lines += [f"{'none':<{width}}{_pair(row['none']):>18}", f"{'all layers':<{width}}{_pair(row['all']):>18}"]
+    return "\n".join(lines)
+
+
+def _pair(scores: dict) -> str:
+    return f"{_fmt(scores['mIoU'])} / {_fmt(scores['ECE'])}"
+
+
+def plot_layer_study(study: dict, path: str | Path) -> Path:
+    """Bar plot of a :func:`layer_study`, atomically: one row per target, mIoU and ECE per group,
+    "alone" beside "all but", with ``none`` and all layers as dashed lines."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend change
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11.0, 3.6 * len(study)), dpi=100)
+    FigureCanvasAgg(fig)
+    for t, (target, row) in enumerate(study.items()):
+        groups = list(row["alone"])
+        xs = np.arange(len(groups))
+        for k, metric in enumerate(("mIoU", "ECE")):
+            ax = fig.add_subplot(len(study), 2, 2 * t + k + 1)
+            for offset, variant, color in ((-0.2, "alone", "tab:blue"), (0.2, "all_but", "tab:orange")):
+                values = [row[variant][g][metric] or 0.0 for g in groups]
+                ax.bar(xs + offset, values, width=0.4, color=color, label=variant.replace("_", " "))
+            for ref, color, label in (("none", "black", "none"), ("all", "tab:green", "all layers")):
+                if row[ref][metric] is not None:
+                    ax.axhline(row[ref][metric], color=color, linestyle="--", label=label)
+            ax.set_xticks(xs, groups)
+            ax.set_ylabel(f"{metric} (%)")
+            ax.set_title(f"{target}: {row['method']}, {metric}")
+            ax.grid(True, axis="y", alpha=0.3)
+            ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
 class Evaluator(SegmentationEvalModule):
     """Evaluates ``checkpoints`` (ours or reference ``.pth``; several are averaged as main-head
     logits with equal weights, how ADVENT's AdvEnt+MinEnt row was produced) under every method
@@ -153,9 +225,20 @@ class Evaluator(SegmentationEvalModule):
     Per (target, method): mIoU, per-class IoU, pixel ECE (%, ``ece_bins`` bins) and the seconds
     per image of the method itself (forward, plus TENT's backward and step; the first image's
     warm-up included). TENT methods restart from the source weights on every target. Writes
-    ``metrics.json`` to ``output_dir`` (default: the run directory) and, with
-    ``save_predictions``, Cityscapes label-ID PNGs and colour PNGs at label resolution, named
-    like the input images with a ``.png`` suffix (under ``<target>/<method>/`` when there are several).
+    ``metrics.json`` to ``output_dir`` (default: the run directory), the confusion matrices
+    (``confusion.json``) and a reliability diagram per labelled target and method
+    (``reliability_<target>_<method>.png``). With ``save_predictions``, per image at label
+    resolution, named like the input image with a ``.png`` suffix (under ``<target>/<method>/``
+    when there are several): Cityscapes label IDs (``predictions/labelIds``), colours (``color``),
+    the colours over the input image with a legend (``overlay``) and, for a labelled image, the
+    wrong pixels (``error``). A WandbLogger also gets, per target and method, the per-class IoU
+    table, the confusion matrix (heat map and counts), the reliability diagram (and its bins) and
+    the first ``wandb_images`` images with their predicted and true masks.
+
+    ``adabn`` methods get, per target and checkpoint, the BN statistics of the target's
+    ``adabn_split`` (first ``adabn_max_images`` images, batches of ``adabn_batch_size``), estimated
+    before the first image or read from ``adabn_cache`` (None: no cache; ``adabn_recompute``
+    refreshes it); see :mod:`intrada_pl.stages.adabn`.
     """
 
     def __init__(
@@ -165,19 +248,25 @@ class Evaluator(SegmentationEvalModule):
         eval_subsets: Sequence[str] | None = None,
         output_dir: str | None = None,
         save_predictions: bool = False,
+        wandb_images: int = 4,
         calibrations: Sequence[str] = (),
         strength: float = 0.1,
         tent_lr: float = 1e-3,
         tent_steps: int = 1,
         tent_episodic: bool = False,
         ece_bins: int = 15,
+        adabn_split: str = "train",
+        adabn_max_images: int | None = None,
+        adabn_batch_size: int = 8,
+        adabn_cache: str | None = DEFAULT_CACHE,
+        adabn_recompute: bool = False,
     ) -> None:
         if not checkpoints:
-            raise ValueError("no checkpoint to evaluate: pass --ckpt PATH (repeat it for an ensemble)")
+            raise ConfigValueError("no checkpoint to evaluate: pass --ckpt PATH (repeat it for an ensemble)")
         methods = [MethodSpec.parse(spec, strength) for spec in (calibrations or ["none"])]
         names = [m.name for m in methods]
         if len(set(names)) != len(names):
-            raise ValueError(f"a test-time method is listed twice: {names}")
+            raise ConfigValueError(f"a test-time method is listed twice (--calibration, --strengths): {names}")
         loaded = [load_segmenter(path, num_classes) for path in checkpoints]
         subsets = eval_subsets or loaded[0][1]["eval_subsets"]
         super().__init__(num_classes, subsets)
@@ -215,45 +304,97 @@ class Evaluator(SegmentationEvalModule):
         self.seconds = [[0.0] * len(self.methods) for _ in self.target_names]
         self.num_images = [0] * len(self.target_names)
         self.stream: int | None = None
+        self.wandb = next((logger for logger in self.trainer.loggers if isinstance(logger, WandbLogger)), None)
+        self.samples: list[list[dict]] = [[] for _ in self.target_names]  # the first images, for W&B
+        self.adabn_statistics = self._adabn_statistics()
+
+    def _adabn_statistics(self) -> list[list[Statistics]]:
+        """Per target, per checkpoint: the AdaBN statistics (none without an ``adabn`` method)."""
+        column = next((c for c, m in zip(self.segmenters, self.methods) if m.calibration == "adabn"), None)
+        if column is None:
+            return []
+        parts = getattr(self.trainer.datamodule, "parts", None)
+        if parts is None:
+            raise ConfigValueError("adabn needs the targets' data settings to find their training images: evaluate with EvaluationDataModule (intrada test)")
+        hp = self.hparams
+        return [
+            [
+                target_statistics(
+                    switch.model, info["path"], part.hparams, split=hp.adabn_split, max_images=hp.adabn_max_images,
+                    batch_size=hp.adabn_batch_size, cache_dir=hp.adabn_cache, recompute=hp.adabn_recompute, device=self.device,
+                )
+                for switch, info in zip(column, self.checkpoint_info)
+            ]
+            for part in parts.values()
+        ]
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx != self.stream:  # a new target is a new stream: TENT starts from the source again
             for column in self.segmenters:
-                for model in column:
+                for c, model in enumerate(column):
                     model.reset()
+                    if isinstance(model, AdaBN):
+                        model.use_statistics(self.adabn_statistics[dataloader_idx][c])
             self.stream = dataloader_idx
         images, labels = batch["image"], batch["label"]
         self.num_images[dataloader_idx] += len(batch["name"])
+        predictions = []
         for k in range(len(self.methods)):
             start = self._clock()
             logits = self.run_method(k, images)
             self.seconds[dataloader_idx][k] += self._clock() - start
-            pred = self.scores[dataloader_idx][k].update(upsample(logits, tuple(labels.shape[-2:])), labels)
-            if self.hparams.save_predictions:
-                self._write_predictions(pred.cpu().numpy().astype(np.uint8), batch["name"], self._prediction_dir(dataloader_idx, k))
+            predictions.append(self.scores[dataloader_idx][k].update(upsample(logits, tuple(labels.shape[-2:])), labels))
+        self._pictures(batch, predictions, dataloader_idx)
 
     def _prediction_dir(self, target: int, method: int) -> Path:
         parts = [self.target_names[target]] if len(self.target_names) > 1 else []
         parts += [self.methods[method].name] if len(self.methods) > 1 else []
         return self.output.joinpath("predictions", *parts)
 
-    def _write_predictions(self, train_ids: np.ndarray, names: Sequence[str], out: Path) -> None:
+    def _pictures(self, batch: dict, predictions: list[Tensor], target: int) -> None:
+        """Write every method's prediction files (``save_predictions``); keep the first images for W&B."""
+        wanted = self.hparams.wandb_images - len(self.samples[target]) if self.wandb is not None else 0
+        if not self.hparams.save_predictions and wanted <= 0:
+            return
+        images = batch["image"].permute(0, 2, 3, 1).byte().cpu().numpy()
+        labels = batch["label"].byte().cpu().numpy()
+        predictions = [pred.byte().cpu().numpy() for pred in predictions]
+        for i, name in enumerate(batch["name"]):
+            if self.hparams.save_predictions:
+                image = resize_bilinear(images[i], labels[i].shape)  # once for all methods
+                for k, pred in enumerate(predictions):
+                    self._write_predictions(pred[i], image, labels[i], name, self._prediction_dir(target, k))
+            if i < wanted:
+                hw = images[i].shape[:2]
+                shrunk = [resize_nearest(pred[i], hw) for pred in predictions]
+                self.samples[target].append({"name": name, "image": images[i], "label": resize_nearest(labels[i], hw), "predictions": shrunk})
+
+    def _write_predictions(self, pred: np.ndarray, image: np.ndarray, label: np.ndarray, name: str, out: Path) -> None:
         # Always PNG, whatever the input format: a JPEG of label IDs would hold invalid IDs.
-        for pred, name in zip(train_ids, names):
-            png = Path(name).with_suffix(".png")
-            write_png(out / "labelIds" / png, TRAIN_ID_TO_ID_LUT[pred])
-            write_png(out / "color" / png, colorize(pred))
+        png = Path(name).with_suffix(".png")
+        colors = colorize(pred)
+        write_png(out / "labelIds" / png, TRAIN_ID_TO_ID_LUT[pred])
+        write_png(out / "color" / png, colors)
+        for kind, picture in prediction_pictures(image, pred, label, colors).items():
+            write_png(out / kind / png, picture)
 
     def on_test_epoch_end(self) -> None:
         single = len(self.target_names) == 1 and len(self.methods) == 1
         results: dict[str, dict[str, dict]] = {}
         logged: dict[str, float] = {}
+        confmats: dict[str, dict[str, Tensor]] = {}
+        bins: dict[str, dict[str, dict]] = {}
         for t, target in enumerate(self.target_names):
-            results[target] = {}
+            results[target], confmats[target], bins[target] = {}, {}, {}
             for k, method in enumerate(self.methods):
                 scores = self.scores[t][k]
-                report = iou_report(scores.confmat.compute().cpu(), self.eval_subsets)
-                report["ECE"] = round(float(scores.ece.compute()) * 100, 2)
+                confmats[target][method.name] = confmat = scores.confmat.compute().cpu()
+                with scores.ece.sync_context():  # every process's pixels
+                    sums = [getattr(scores.ece, name).cpu().numpy() for name in ("count", "confidence", "correct")]
+                bins[target][method.name] = reliability_bins(*sums)
+                report = iou_report(confmat, self.eval_subsets)
+                # no labelled pixel (an unlabelled split): no ECE, as no mIoU, rather than 0
+                report["ECE"] = round(float(scores.ece.compute()) * 100, 2) if sums[0].sum() > 0 else None
                 report["seconds_per_image"] = round(self.seconds[t][k] / max(1, self.num_images[t]), 4)
                 report["num_images"] = self.num_images[t] * self.trainer.world_size
                 results[target][method.name] = report
@@ -273,10 +414,66 @@ class Evaluator(SegmentationEvalModule):
             only = results[self.target_names[0]][self.methods[0].name]
             metrics = {**only, **metrics}
             rank_zero_info(format_iou_table(only))
-            rank_zero_info(f"ECE (%): {only['ECE']:.2f}   seconds per image: {only['seconds_per_image']:.4f}")
+            rank_zero_info(f"ECE (%): {_fmt(only['ECE'])}   seconds per image: {only['seconds_per_image']:.4f}")
         else:
             rank_zero_info(format_results_table(results))
         path = write_json(self.output / "metrics.json", metrics)
         rank_zero_info(f"metrics written to {path}")
+        self._write_diagnostics(confmats, bins)
         if self.hparams.save_predictions:
             rank_zero_info(f"predictions written to {self.output / 'predictions'}")
+        if self.wandb is not None:
+            self._log_wandb(results, confmats, bins, single)
+
+    def _write_diagnostics(self, confmats: dict[str, dict[str, Tensor]], bins: dict[str, dict[str, dict]]) -> None:
+        """``confusion.json`` (pixel counts, ground truth x prediction, per target and method) and
+        the reliability diagram of every labelled (target, method)."""
+        counts = {target: {method: m.tolist() for method, m in per_method.items()} for target, per_method in confmats.items()}
+        write_json(self.output / "confusion.json", {"classes": list(CLASS_NAMES), "rows": "ground truth", "columns": "prediction", "counts": counts})
+        for target, per_method in bins.items():
+            for method, b in per_method.items():
+                if sum(b["count"]):
+                    write_figure(self._reliability_path(target, method), reliability_figure(b, f"{target} / {method}"))
+
+    def _reliability_path(self, target: str, method: str) -> Path:
+        return self.output / f"reliability_{target}_{method}.png"
+
+    def _log_wandb(self, results: dict, confmats: dict[str, dict[str, Tensor]], bins: dict[str, dict[str, dict]], single: bool) -> None:
+        """Per target and method, in one W&B step: the first images with their predicted (and true)
+        masks and, for a labelled target, the IoU table, the confusion matrix (heat map and counts)
+        and the reliability diagram (and its bins)."""
+        import wandb
+
+        payload: dict[str, Any] = {}
+        for t, target in enumerate(self.target_names):
+            for k, method in enumerate(m.name for m in self.methods):
+                prefix = "test/" if single else f"test/{target}/{method}/"
+                payload[prefix + "overlays"] = [_wandb_masks(sample, k) for sample in self.samples[t]]
+                b, confmat = bins[target][method], confmats[target][method]
+                if not sum(b["count"]):
+                    continue
+                figure = confusion_figure(confmat.numpy(), CLASS_NAMES, f"{target} / {method}")
+                edges = b["edges"]
+                payload |= {
+                    prefix + "iou_table": wandb.Table(columns=["class", "IoU"], data=[list(i) for i in results[target][method]["IoU"].items()]),
+                    prefix + "confusion": wandb.Image(figure_array(figure)),
+                    prefix + "confusion_counts": wandb.Table(
+                        columns=["ground truth", *CLASS_NAMES], data=[[c, *row] for c, row in zip(CLASS_NAMES, confmat.tolist())]
+                    ),
+                    prefix + "reliability": wandb.Image(str(self._reliability_path(target, method))),
+                    prefix + "reliability_bins": wandb.Table(
+                        columns=["from", "to", "pixels", "confidence", "accuracy"],
+                        data=[[edges[i], edges[i + 1], b["count"][i], b["confidence"][i], b["accuracy"][i]] for i in range(len(b["count"]))],
+                    ),
+                }
+        self.wandb.log_metrics(payload)
+
+
+def _wandb_masks(sample: dict, method: int) -> Any:
+    """A kept test image as a W&B image with the method's predicted mask and, if labelled, the true one."""
+    import wandb
+
+    masks = {"predictions": {"mask_data": sample["predictions"][method], "class_labels": CLASS_LABELS}}
+    if (sample["label"] != IGNORE_INDEX).any():
+        masks["ground_truth"] = {"mask_data": sample["label"], "class_labels": CLASS_LABELS}
+    return wandb.Image(sample["image"], caption=sample["name"], masks=masks)

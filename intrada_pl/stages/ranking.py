@@ -12,7 +12,11 @@ PNG-encoded pseudo-label) and, once every image is scored, writes what the intra
       hard.txt           the others
       pseudo_labels/     argmax train IDs of the easy images, <name> with a .png extension
       histogram.png      the score distribution with the lambda cut
-      summary.json       lambda_, normalize, counts, checkpoint
+      summary.json       lambda_, normalize, counts, checkpoint, hard_list
+      reliability.json   is the ranking reliable? score stats; with labels, Spearman of score vs
+                         per-image mIoU and the easy/hard pseudo-label quality; with a hard_list,
+                         AUROC, recall, precision (:mod:`intrada_pl.stages.ranking_report`)
+      reliability.png    its figure, when there are labels or a hard_list
 
 ``--ckpt_path`` may also be a released ADVENT ``.pth`` (a bare state dict): the CLI loads it into
 the configured module (:class:`intrada_pl.cli.TrainingCLI`).
@@ -27,16 +31,18 @@ import csv
 import io
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple, TypeVar
 
 import cv2
 import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -45,8 +51,18 @@ from torch import Tensor
 
 from intrada_pl.data.datamodules import pseudo_label_path
 from intrada_pl.data.labels import IGNORE_INDEX
+from intrada_pl.errors import ConfigValueError
 from intrada_pl.io import pid_alive, write_json, write_text
 from intrada_pl.losses import normalized_entropy
+from intrada_pl.stages.ranking_report import (
+    Reliability,
+    confusion_matrices,
+    example_strip,
+    extremes,
+    read_name_list,
+    reliability_line,
+    report_numbers,
+)
 
 #: Train IDs the reference's entropy normalisation counts as rare: wall, fence, pole, traffic
 #: light, traffic sign, terrain, rider, truck, bus, train, motorcycle.
@@ -192,9 +208,13 @@ def write_histogram(path: Path, ranking: Ranking, lambda_: float) -> None:
     fig.savefig(path)
 
 
-def write_ranking(directory: Path, ranking: Ranking, labels: Mapping[str, bytes], lambda_: float, summary: Mapping) -> None:
-    """Write the manifests, the easy images' pseudo-labels (already PNG-encoded), the histogram
-    and a summary into ``directory``, replacing it as a whole (see :func:`atomic_dir`)."""
+def write_ranking(
+    directory: Path, ranking: Ranking, labels: Mapping[str, bytes], lambda_: float, summary: Mapping,
+    extra: Callable[[Path], None] | None = None,
+) -> None:
+    """Write the manifests, the easy images' pseudo-labels (already PNG-encoded), the histogram,
+    a summary and what ``extra`` writes (the reliability report) into ``directory``, replacing it
+    as a whole (see :func:`atomic_dir`)."""
     with atomic_dir(directory) as staging:
         for name in ranking.easy:
             path = pseudo_label_path(staging / "pseudo_labels", name)
@@ -206,6 +226,8 @@ def write_ranking(directory: Path, ranking: Ranking, labels: Mapping[str, bytes]
         write_histogram(staging / "histogram.png", ranking, lambda_)
         write_json(staging / "summary.json", {**summary, "num_images": len(ranking.order), "num_easy": ranking.num_easy,
                                               "num_hard": len(ranking.hard), "score_cut": ranking.cut()})
+        if extra is not None:
+            extra(staging)
 
 
 def encode_png(label: np.ndarray) -> bytes:
@@ -215,17 +237,38 @@ def encode_png(label: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
-def gather_results(results: dict[str, tuple[float, bytes]]) -> dict[str, tuple[float, bytes]]:
+class ImageResult(NamedTuple):
+    """What the ranking keeps of one image: its score, its pseudo-label as PNG bytes and, when
+    the batch has labels, the ``[true, pseudo-label]`` pixel counts (C x C int32, 1.4 KB)."""
+
+    score: float
+    label: bytes
+    confusion: np.ndarray | None = None
+
+
+T = TypeVar("T")
+
+
+def gather_results(results: dict[str, T]) -> dict[str, T]:
     """Merge every rank's results on every rank (``all_gather_object``), one entry per image name."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return results
-    parts: list[dict[str, tuple[float, bytes]] | None] = [None] * dist.get_world_size()
+    parts: list[dict[str, T] | None] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, results)
-    merged: dict[str, tuple[float, bytes]] = {}
+    merged: dict[str, T] = {}
     for part in parts:
         for name, result in (part or {}).items():
             merged.setdefault(name, result)
     return merged
+
+
+def ground_truth(batch: object, hw: tuple[int, int]) -> Tensor | None:
+    """The batch's labels (B x H x W) at the predictions' size ``hw`` (nearest, pixel centres as
+    PIL's), or None when the batch has none. TargetDataModule's predict labels already are."""
+    label = batch.get("label") if isinstance(batch, Mapping) else None
+    if label is None or tuple(label.shape[-2:]) == tuple(hw):
+        return label
+    return F.interpolate(label[:, None].float(), size=tuple(hw), mode="nearest-exact")[:, 0].long()
 
 
 class RankingCallback(Callback):
@@ -248,6 +291,15 @@ class RankingCallback(Callback):
     known once all images are scored; in memory rather than in temporary files, it needs no
     filesystem shared between nodes. Under DDP each rank scores its share (predict does not
     pad), ``all_gather_object`` merges the results by name, and rank 0 alone writes.
+
+    Reliability (``reliability.json``, :mod:`~intrada_pl.stages.ranking_report`): when the
+    batches carry labels (``TargetDataModule(with_labels=...)``, at the ranking resolution) each
+    image also keeps the confusion matrix of its pseudo-label against them, computed on the
+    device; ``hard_list`` names images known to be hard (a text file as ``easy.txt``), to measure
+    how well the score finds them. With a :class:`~lightning.pytorch.loggers.WandbLogger`, the
+    report's numbers, its figure and a table of the ``examples`` easiest and hardest images
+    (input, entropy map, pseudo-label, ground truth) go to W&B; each rank keeps only its own
+    ``examples`` lowest and highest, among which are the global ones.
     """
 
     def __init__(
@@ -256,26 +308,38 @@ class RankingCallback(Callback):
         normalize: bool = False,
         confidence_threshold: float | None = None,
         output_dir: str | None = None,
+        hard_list: str | None = None,
+        examples: int = 4,
     ) -> None:
         super().__init__()
         if not 0.0 < lambda_ <= 1.0:
-            raise ValueError(f"lambda_ is the fraction of images ranked easy and must be in (0, 1], got {lambda_} (the reference uses 0.67)")
+            raise ConfigValueError(f"RankingCallback lambda_ is the fraction of images ranked easy and must be in (0, 1], got {lambda_} (the reference uses 0.67)")
         if confidence_threshold is not None and not 0.0 <= confidence_threshold <= 1.0:
-            raise ValueError(f"confidence_threshold is a softmax probability and must be in [0, 1], got {confidence_threshold}")
+            raise ConfigValueError(f"RankingCallback confidence_threshold is a softmax probability and must be in [0, 1], got {confidence_threshold}")
         self.lambda_ = lambda_
         self.normalize = normalize
         self.confidence_threshold = confidence_threshold
         self.output_dir = output_dir
+        if examples < 0:
+            raise ConfigValueError(f"RankingCallback examples is the number of easiest and of hardest images shown on W&B and must be >= 0, got {examples}")
+        self.hard_list, self.examples = hard_list, examples
+        self.show_examples = False
         self.directory: Path | None = None
-        self.results: dict[str, tuple[float, bytes]] = {}
+        self.results: dict[str, ImageResult] = {}
+        self.strips: dict[str, tuple[float, bytes]] = {}  # W&B examples: name -> (score, PNG of its strip)
+        self.known_hard: list[str] | None = None
+        self.subset = "19"
         self.checkpoint: str | None = None
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.predict_loop.return_predictions = False  # the logits are consumed here, see the class docstring
         # trainer.log_dir is a collective under DDP: every rank must read it
         self.directory = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir) / "ranking"
-        self.results = {}
+        self.results, self.strips = {}, {}
         self.checkpoint = trainer.ckpt_path or getattr(pl_module, "weights_file", None)  # a .pth is loaded by the CLI
+        self.known_hard = None if self.hard_list is None else read_name_list(self.hard_list)  # before hours of scoring
+        self.subset = getattr(pl_module, "eval_subsets", ("19",))[0]
+        self.show_examples = self.examples > 0 and any(isinstance(logger, WandbLogger) for logger in trainer.loggers)
 
     def score(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """Scores (B,) and pseudo-labels (B x H x W uint8) of a batch, computed on its device."""
@@ -292,34 +356,84 @@ class RankingCallback(Callback):
     ) -> None:
         if not (isinstance(outputs, dict) and "logits" in outputs and "name" in outputs):
             raise TypeError(f"RankingCallback needs predict_step to return {{'name', 'logits'}} (SegmentationEvalModule does); got {type(outputs).__name__}")
-        scores, labels = self.score(outputs["logits"])
-        for name, score, label in zip(outputs["name"], scores.tolist(), labels.cpu().numpy()):
-            self.results.setdefault(name, (score, encode_png(label)))
+        logits = outputs["logits"]
+        scores, labels = self.score(logits)
+        truth = ground_truth(batch, labels.shape[-2:])
+        confusions = None if truth is None else confusion_matrices(labels, truth, logits.shape[1]).to(torch.int32).cpu().numpy()
+        for i, (name, score, label) in enumerate(zip(outputs["name"], scores.tolist(), labels.cpu().numpy())):
+            self.results.setdefault(name, ImageResult(score, encode_png(label), None if confusions is None else confusions[i]))
+        if self.show_examples:
+            self.keep_examples(outputs["name"], scores.tolist(), logits, labels, truth, batch)
+
+    def keep_examples(self, names: Sequence[str], scores: Sequence[float], logits: Tensor, labels: Tensor,
+                      truth: Tensor | None, batch: Mapping) -> None:
+        """Keep the strips (:func:`example_strip`) of the ``examples`` lowest and highest scores
+        seen so far; a strip is drawn only for an image that enters them."""
+        candidates = {name: score for name, (score, _) in self.strips.items()} | dict(zip(names, scores))
+        image = batch.get("image")
+        rgb = image is not None and image.dtype == torch.uint8 and image.shape[1] == 3  # not the logits of a test
+        strips = {}
+        for name in extremes(candidates, self.examples):
+            if name in self.strips:
+                strips[name] = self.strips[name]
+                continue
+            i = list(names).index(name)
+            gt = None if truth is None or not (truth[i] != IGNORE_INDEX).any() else truth[i].to(torch.uint8).cpu().numpy()
+            strip = example_strip(image[i].permute(1, 2, 0).cpu().numpy() if rgb else None,
+                                  normalized_entropy(logits[i : i + 1])[0].cpu().numpy(), labels[i].cpu().numpy(), gt)
+            strips[name] = (candidates[name], encode_png(cv2.cvtColor(strip, cv2.COLOR_RGB2BGR)))
+        self.strips = strips
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        results = gather_results(self.results)
-        self.results = {}
+        results, strips = gather_results(self.results), gather_results(self.strips)
+        self.results, self.strips = {}, {}
         try:
             if trainer.is_global_zero:
-                self.write(trainer, results)
+                self.write(trainer, results, strips)
         finally:  # every rank returns once the files exist (or rank 0 failed): none waits forever
             trainer.strategy.barrier()
 
-    def write(self, trainer: L.Trainer, results: Mapping[str, tuple[float, bytes]]) -> None:
+    def write(self, trainer: L.Trainer, results: Mapping[str, ImageResult], strips: Mapping[str, tuple[float, bytes]]) -> None:
         assert self.directory is not None, "on_predict_start sets the output directory"
         if not results:
             raise RuntimeError("the entropy ranking saw no image: is the predict split empty?")
-        ranking = Ranking.from_scores({name: score for name, (score, _) in results.items()}, self.lambda_)
+        ranking = Ranking.from_scores({name: result.score for name, result in results.items()}, self.lambda_)
         if ranking.num_easy == 0:
             rank_zero_warn(f"int({len(ranking.order)} x {self.lambda_}) = 0: no image is ranked easy")
         summary = {"lambda_": self.lambda_, "normalize": self.normalize, "confidence_threshold": self.confidence_threshold,
-                   "checkpoint": self.checkpoint}
-        write_ranking(self.directory, ranking, {name: label for name, (_, label) in results.items()}, self.lambda_, summary)
+                   "checkpoint": self.checkpoint, "hard_list": self.hard_list}
+        confusions = {name: result.confusion for name, result in results.items() if result.confusion is not None}
+        reliability = Reliability(ranking, self.lambda_, confusions if len(confusions) == len(results) else None, self.known_hard, self.subset)
+        write_ranking(self.directory, ranking, {name: result.label for name, result in results.items()}, self.lambda_, summary,
+                      reliability.write)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image("ranking/histogram", [str(self.directory / "histogram.png")])
+                self.log_reliability(logger, reliability, strips)
         rank_zero_info(
             f"entropy ranking written to {self.directory}: {len(ranking.easy)} easy / {len(ranking.hard)} hard of "
             f"{len(ranking.order)} images (lambda_ {self.lambda_}, normalize {self.normalize}); "
-            "scores.csv, easy.txt, hard.txt, pseudo_labels/, histogram.png"
+            "scores.csv, easy.txt, hard.txt, pseudo_labels/, histogram.png, reliability.json"
+            + (", reliability.png" if (self.directory / "reliability.png").is_file() else "")
+            + "\n" + reliability_line(reliability.report)
         )
+
+    def log_reliability(self, logger: WandbLogger, reliability: Reliability, strips: Mapping[str, tuple[float, bytes]]) -> None:
+        """The report's numbers, its figure and the table of the easiest and hardest images."""
+        import wandb
+
+        assert self.directory is not None
+        logger.log_metrics(report_numbers(reliability.report, "ranking"))
+        if (self.directory / "reliability.png").is_file():
+            logger.log_image("ranking/reliability", [str(self.directory / "reliability.png")])
+        if not strips:
+            return
+        rank = {name: i for i, name in enumerate(reliability.ranking.order, start=1)}
+        rows = []
+        for name in extremes({name: score for name, (score, _) in strips.items()}, self.examples):
+            strip = cv2.cvtColor(cv2.imdecode(np.frombuffer(strips[name][1], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            accuracy, miou = reliability.quality.get(name, (None, None))
+            split = "easy" if rank[name] <= reliability.ranking.num_easy else "hard"
+            rows.append([rank[name], name, split, strips[name][0], accuracy, miou, wandb.Image(strip)])
+        logger.log_table("ranking/examples", ["rank", "name", "split", "score", "pixel_accuracy", "mIoU",
+                                              "input | entropy | pseudo-label | ground truth"], rows)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
@@ -125,7 +126,7 @@ class SegmentationModule(SegmentationEvalModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and not getattr(self, "_pretrained_loaded", False):
-            load_pretrained(self.model, self.hparams.pretrained)
+            rank_zero_info(f"pretrained weights: {load_pretrained(self.model, self.hparams.pretrained)}")
             self._pretrained_loaded = True
 
     def on_train_start(self) -> None:

@@ -1,0 +1,209 @@
+"""BN calibration restricted to layer groups / name patterns, ``intrada calibrate-layers``, and
+AdaBN (target statistics estimated once, cached per checkpoint and target)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from intrada_pl.cli import main
+from intrada_pl.data.datamodules import TargetDataModule
+from intrada_pl.models.bn_calibration import CalibratedBatchNorm, convert_batchnorm
+from intrada_pl.models.deeplabv2 import DeepLabV2
+from intrada_pl.stages import adabn
+from intrada_pl.stages.tta import AdaBN, CalibrationSwitch, MethodSpec, batchnorm_names, select_layers
+from tests.helpers import eval_config, write_yaml
+
+torch.set_num_threads(1)
+
+
+def _segmenter(seed: int = 0) -> DeepLabV2:
+    """A depth-18 DeepLabV2 whose BN layers hold real (not default) source statistics."""
+    torch.manual_seed(seed)
+    model = DeepLabV2(19, depth=18, preprocessing="imagenet").train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randint(0, 255, (2, 3, 32, 64)).float())
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def reference_pth(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ref") / "source.pth"
+    torch.save(_segmenter().state_dict(), path)
+    return path
+
+
+def test_method_names_take_a_layer_selection():
+    assert MethodSpec.parse("bn_adapt[layer1, layer2]") == MethodSpec("bn_adapt[layer1,layer2]", "bn_adapt", layers=("layer1", "layer2"))
+    assert MethodSpec.parse("manual@0.30[-stem]") == MethodSpec("manual@0.3[-stem]", "manual", 0.3, layers=("-stem",))
+    assert MethodSpec.parse("instcal_u+tent[layer4.*.bn2]").layers == ("layer4.*.bn2",)
+    assert MethodSpec.parse("adabn") == MethodSpec("adabn", "adabn")
+    for bad in ("none[stem]", "tent[layer1]", "bn_adapt[]", "bn_adapt[stem", "bn_adapt[-]", "adabn@0.5", "adabn+tent"):
+        with pytest.raises(ValueError):
+            MethodSpec.parse(bad)
+
+
+def test_groups_and_patterns_select_batchnorm_layers():
+    model = _segmenter()
+    names = batchnorm_names(model)
+    assert len(names) == 20 and names[0] == "bn1"
+    assert select_layers(model, ["stem"]) == {"bn1"}
+    layer1 = {n for n in names if n.startswith("layer1.")}
+    assert select_layers(model, ["layer1"]) == layer1 and len(layer1) == 4
+    downsample = select_layers(model, ["*.downsample.*"])
+    assert downsample == {f"layer{i}.0.downsample.1" for i in (2, 3, 4)}
+    assert select_layers(model, ["-layer1"]) == set(names) - layer1
+    assert select_layers(model, ["layer4", "-layer4.*.bn2", "stem"]) == {"bn1", "layer4.0.bn1", "layer4.1.bn1", "layer4.0.downsample.1"}
+    with pytest.raises(ValueError, match="layer group 'heads'.*no BatchNorm"):
+        select_layers(model, ["heads"])
+    with pytest.raises(ValueError, match="pattern 'layer9"):
+        select_layers(model, ["layer9.*"])
+    with pytest.raises(ValueError, match="leaves no BatchNorm"):
+        select_layers(model, ["stem", "-bn1"])
+
+
+def _record_bn(model):
+    """Forward hooks keeping every calibrated layer's input and output (cloned: in-place ReLUs follow)."""
+    seen = {}
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out, name=name: seen.__setitem__(name, (args[0].clone(), out.clone())))
+        for name, m in model.named_modules()
+        if isinstance(m, CalibratedBatchNorm)
+    ]
+    return seen, hooks
+
+
+@pytest.mark.parametrize("method", ["manual@0.5", "bn_adapt", "instcal_u", "adabn"])
+def test_a_selection_calibrates_its_layers_and_leaves_the_others_plain_bn(method):
+    model = _segmenter()
+    convert_batchnorm(model, "instcal_u")
+    for m in model.modules():
+        if isinstance(m, CalibratedBatchNorm):
+            m.momentum_mean.data.fill_(0.6)
+    spec = MethodSpec.parse(f"{method}[layer2,*.downsample.*]")
+    layers = select_layers(model, spec.layers)
+    assert len(layers) == 7  # layer2's 5 BNs and the downsample BNs of layers 3 and 4
+    target = {name: {"mean": torch.randn(m.num_features), "var": torch.rand(m.num_features) + 0.5}
+              for name, m in model.named_modules() if isinstance(m, CalibratedBatchNorm)}
+    if method == "adabn":
+        run = AdaBN(model, layers)
+        run.use_statistics(target)
+    else:
+        run = CalibrationSwitch(model, spec.calibration, spec.strength, layers)
+    seen, hooks = _record_bn(model)
+    with torch.no_grad():
+        run(torch.randint(0, 255, (2, 3, 32, 64)).float())
+    for hook in hooks:
+        hook.remove()
+    for name, layer in model.named_modules():
+        if not isinstance(layer, CalibratedBatchNorm):
+            continue
+        x, y = seen[name]
+        plain = F.batch_norm(x, layer.running_mean, layer.running_var, layer.weight, layer.bias, False, 0.0, layer.eps)
+        if name not in layers:
+            assert torch.equal(y, plain), name
+            assert layer.mode == "none"
+        elif method == "adabn":
+            stats = target[name]
+            torch.testing.assert_close(y, F.batch_norm(x, stats["mean"], stats["var"], layer.weight, layer.bias, False, 0.0, layer.eps))
+        else:
+            assert not torch.allclose(y, plain, atol=1e-3), name
+            assert layer.mode == spec.calibration
+
+
+def _target(toy_root) -> dict:
+    return {"dataset": "cityscapes", "root": str(toy_root / "Cityscapes"), "size": [64, 32], "num_workers": 0}
+
+
+def test_adabn_statistics_are_pytorch_cumulative_averages(toy_root, tmp_path):
+    """momentum=None: running stats = plain average over batches of each batch's mean and unbiased
+    variance (over N x H x W), so a short last batch weighs as much as a full one."""
+    model = _segmenter()
+    convert_batchnorm(model, "none")
+    source = {k: v.clone() for k, v in model.state_dict().items()}
+    ckpt = tmp_path / "m.pth"
+    torch.save(source, ckpt)
+    stats = adabn.target_statistics(model, ckpt, _target(toy_root), batch_size=4, cache_dir=None)
+    assert list(stats) == batchnorm_names(model)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in source.items())  # the model keeps its statistics
+
+    data = TargetDataModule(**_target(toy_root), split="train", with_labels=False, batch_size=4)
+    data.setup("test")
+    means, variances, pooled = [], [], []
+    with torch.no_grad():
+        for batch in data.test_dataloader():  # 6 train images: batches of 4 and 2
+            x = model.conv1(model.normalize(batch["image"]))  # the stem BN's input
+            means.append(x.mean((0, 2, 3)))
+            variances.append(x.var((0, 2, 3), correction=1))
+            pooled.append(x)
+    assert [len(p) for p in pooled] == [4, 2]
+    torch.testing.assert_close(stats["bn1"]["mean"], torch.stack(means).mean(0))
+    torch.testing.assert_close(stats["bn1"]["var"], torch.stack(variances).mean(0))
+    assert not torch.allclose(stats["bn1"]["var"], torch.cat(pooled).var((0, 2, 3)), rtol=1e-3)  # not the pooled variance
+
+    first = adabn.target_statistics(model, ckpt, _target(toy_root), batch_size=4, max_images=4, cache_dir=None)
+    torch.testing.assert_close(first["bn1"]["var"], variances[0])
+
+
+def test_adabn_statistics_are_cached_per_checkpoint_and_target(toy_root, tmp_path, monkeypatch):
+    calls = []
+    estimate = adabn.estimate_statistics
+    monkeypatch.setattr(adabn, "estimate_statistics", lambda *a, **k: calls.append(1) or estimate(*a, **k))
+    ckpt, cache, out = tmp_path / "m.pth", tmp_path / "cache", tmp_path / "out"
+    torch.save(_segmenter().state_dict(), ckpt)
+    config = write_yaml(tmp_path / "t.yaml", eval_config(toy_root))
+    args = ["test", "--config", config, "--ckpt", str(ckpt), "--output", str(out), "--calibration", "none",
+            "--calibration", "adabn", "--calibration", "adabn[stem]", "--model.adabn_cache", str(cache), "--model.adabn_batch_size", "4"]
+
+    def run() -> dict:
+        main(args)
+        return json.loads((out / "metrics.json").read_text())["results"]["cityscapes"]
+
+    first = run()
+    assert len(calls) == 1 and len(list(cache.glob("adabn_*.pt"))) == 1
+    ece = {name: r["ECE"] for name, r in first.items()}
+    assert len(set(ece.values())) == 3, ece  # AdaBN on all layers, on the stem only, and plain BN differ
+    again = run()  # no forward pass over the train split this time
+    assert len(calls) == 1 and {name: r["ECE"] for name, r in again.items()} == ece
+
+    model = _segmenter()
+    convert_batchnorm(model, "none")
+    settings = {"dataset": "cityscapes", "root": str(toy_root / "Cityscapes"), "size": [64, 32], "num_workers": 0}
+    cached = adabn.target_statistics(model, ckpt, settings, batch_size=4, cache_dir=cache)
+    assert len(calls) == 1  # the same checkpoint, target and settings as intrada test's
+    adabn.target_statistics(model, ckpt, settings, batch_size=4, cache_dir=cache, recompute=True)
+    adabn.target_statistics(model, ckpt, settings, batch_size=4, max_images=3, cache_dir=cache)
+    assert len(calls) == 3 and len(list(cache.glob("adabn_*.pt"))) == 2
+    torch.save(_segmenter(seed=1).state_dict(), ckpt)  # another checkpoint in the same file
+    other = adabn.target_statistics(_segmenter(seed=1), ckpt, settings, batch_size=4, cache_dir=cache)
+    assert len(calls) == 4 and not torch.equal(other["bn1"]["mean"], cached["bn1"]["mean"])
+
+
+def test_calibrate_layers_writes_every_variant(toy_root, reference_pth, tmp_path, capsys):
+    out = tmp_path / "layers"
+    config = write_yaml(tmp_path / "t.yaml", eval_config(toy_root))
+    main(["calibrate-layers", "--config", config, "--ckpt", str(reference_pth), "--groups", "stem,layer1,layer4", "--output", str(out)])
+    groups = ["stem", "layer1", "layer4"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["methods"] == ["none", "bn_adapt", *(f"bn_adapt[{s}{g}]" for g in groups for s in ("", "-"))]
+    study = json.loads((out / "layers.json").read_text())["cityscapes"]
+    assert study["method"] == "bn_adapt" and list(study["alone"]) == list(study["all_but"]) == groups
+    results = metrics["results"]["cityscapes"]
+    assert study["all"] == {"mIoU": results["bn_adapt"]["mIoU"], "ECE": results["bn_adapt"]["ECE"]}
+    assert study["alone"]["stem"]["ECE"] == results["bn_adapt[stem]"]["ECE"]
+    values = [study["none"], study["all"], *study["alone"].values(), *study["all_but"].values()]
+    assert all(0 <= v["mIoU"] <= 100 and 0 <= v["ECE"] <= 100 for v in values)
+    assert (out / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "all but" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # refused before anything is loaded
+        main(["calibrate-layers", "--config", config, "--ckpt", str(reference_pth), "--calibration", "tent"])
+    with pytest.raises(Exception) as error:  # the model has no BatchNorm in its heads
+        main(["calibrate-layers", "--config", config, "--ckpt", str(reference_pth), "--groups", "heads", "--output", str(out)])
+    chain = [error.value]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    assert any("layer group 'heads'" in str(e) for e in chain)
