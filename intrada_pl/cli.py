@@ -66,7 +66,7 @@ commands:
                                          [--strengths 0,0.1,...,1]   (mIoU/ECE per m -> OUT/grid.json)
   calibrate-layers  which layers matter: intrada calibrate-layers --config CFG --ckpt PATH [--calibration bn_adapt]
                                          [--groups stem,layer1,...]  (each group alone / all but it -> OUT/layers.json, .png)
-  pipeline   the whole method:         intrada pipeline --config configs/pipeline_gta5.yaml
+  pipeline   the whole method:         intrada pipeline --config configs/pipeline_gta5.yaml [--seeds 0,1,2]
   toy-data   write the demo data:      intrada toy-data OUT [--check-ranking RANKING_DIR]
   inspect    check a dataset on disk:  intrada inspect {gta5,synthia,synscapes,cityscapes,...} ROOT [--split S] [--json]
                                          [--option KEY=VALUE ...] (e.g. condition=night); exit 1 if problems
@@ -195,7 +195,7 @@ class EvaluationCLI(NamedCommandCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--ckpt", type=list[str], default=[], help="checkpoint(s) to evaluate; repeat for a logit ensemble")
         parser.add_argument("--output", type=str | None, default=None, help="where metrics.json and predictions go (default: the run directory)")
-        parser.add_argument("--save_predictions", type=bool, default=False, help="write label-ID and colour PNGs")
+        parser.add_argument("--save_predictions", type=bool, default=False, help="write label-ID, colour, overlay and error-map PNGs")
         parser.link_arguments("ckpt", "model.checkpoints")
         parser.link_arguments("output", "model.output_dir")
         parser.link_arguments("save_predictions", "model.save_predictions")
@@ -379,9 +379,15 @@ def run() -> None:
     :class:`~intrada_pl.errors.BadInputError` or FileNotFoundError anywhere in the error's chain,
     where jsonargparse puts a class's refusal of its arguments (``lambda_`` out of range, a
     calibration ``init_ckpt`` that is no checkpoint). Options and configs that jsonargparse
-    itself refuses are reported by :class:`OneLineErrorParser`."""
+    itself refuses are reported by :class:`OneLineErrorParser`. A training run stopped by its
+    finiteness guard also ends with one line, exit status 1."""
     try:
         main()
+    except FloatingPointError as error:  # a run gone non-finite (check_finite): no bad input, but no traceback either
+        if os.environ.get("INTRADA_TRACEBACK"):
+            raise
+        print(f"intrada: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     except Exception as error:
         bad = _bad_input(error)
         if bad is None or os.environ.get("INTRADA_TRACEBACK"):
@@ -431,8 +437,7 @@ def main(args: Sequence[str] | None = None) -> None:
     if command not in COMMANDS:
         close = difflib.get_close_matches(command, COMMANDS, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        print(f"intrada: error: unknown command '{command}'{hint}; commands: {', '.join(COMMANDS)} ('intrada --help')", file=sys.stderr)
-        raise SystemExit(2)
+        fail(f"unknown command '{command}'{hint}; commands: {', '.join(COMMANDS)} ('intrada --help')")
     _check_config_files(args)
     if command == "toy-data":
         return toy_data_main(args[1:])

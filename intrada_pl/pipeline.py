@@ -272,6 +272,7 @@ class Pipeline:
     def run(self) -> list[dict] | dict:
         """Every stage of every seed, then the evaluations; returns the summary (the rows of the
         table with fewer than two seeds, :func:`aggregate`'s dict otherwise)."""
+        os.environ.setdefault("WANDB_RUN_GROUP", self.run_dir.name)  # the stages' W&B runs as one group
         with _locked(self.run_dir), _exit_on_signals():
             plans = [(run, run.plan()) for run in self.per_seed()]
             for run, steps in plans:  # all stale folders go before anything runs (see the module docstring)

@@ -174,12 +174,15 @@ def test_histogram_is_logged_to_wandb(tmp_path, monkeypatch):
         monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
     logged = []
     monkeypatch.setattr(WandbLogger, "log_image", lambda self, key, images, **kw: logged.append((key, images)))
+    monkeypatch.setattr(WandbLogger, "log_table", lambda self, key, columns, data: logged.append((key, [row[1] for row in data])))
     trainer = L.Trainer(
         accelerator="cpu", logger=WandbLogger(save_dir=str(tmp_path), offline=True), enable_checkpointing=False,
         enable_progress_bar=False, callbacks=[RankingCallback(output_dir=str(tmp_path))],
     )
     trainer.predict(FixedLogits(), dataloaders=DataLoader(fixed_items(2), batch_size=2))
-    assert logged == [("ranking/histogram", [str(tmp_path / "ranking" / "histogram.png")])]
+    order = (tmp_path / "ranking" / "easy.txt").read_text().split() + (tmp_path / "ranking" / "hard.txt").read_text().split()
+    assert logged[:2] == [("ranking/histogram", [str(tmp_path / "ranking" / "histogram.png")]), ("ranking/scores", order)]
+    __import__("wandb").finish()  # no run left open for later tests (Lightning's WandbLogger reuses an open one)
 
 
 def test_crash_while_writing_keeps_the_previous_ranking(tmp_path, monkeypatch):

@@ -265,9 +265,11 @@ def test_wandb_gets_the_numbers_the_figure_and_the_examples(tmp_path, monkeypatc
     assert logged["image"] == ["ranking/histogram", "ranking/reliability"]
     (metrics,) = logged["metrics"]
     assert metrics["ranking/easy/pixel_accuracy"] == 1.0 and metrics["ranking/num_images"] == 7  # the argmax is right
-    (key, columns, rows), = logged["table"]
-    assert key == "ranking/examples" and columns[:6] == ["rank", "name", "split", "score", "pixel_accuracy", "mIoU"]
+    (scores_key, scores_columns, score_rows), (key, columns, rows) = logged["table"]
     order = (tmp_path / "ranking" / "easy.txt").read_text().split() + (tmp_path / "ranking" / "hard.txt").read_text().split()
+    assert scores_key == "ranking/scores" and scores_columns == ["rank", "name", "score", "split"]
+    assert [row[1] for row in score_rows] == order and [row[3] for row in score_rows] == ["easy"] * 3 + ["hard"] * 4
+    assert key == "ranking/examples" and columns[:6] == ["rank", "name", "split", "score", "pixel_accuracy", "mIoU"]
     assert [row[0] for row in rows] == [1, 2, 6, 7] and [row[1] for row in rows] == order[:2] + order[-2:]
     assert [row[2] for row in rows] == ["easy", "easy", "hard", "hard"] and rows[0][4] == 1.0
     strip = np.asarray(rows[0][6].image)

@@ -145,7 +145,8 @@ def test_two_seeds_run_every_stage_per_seed_and_summarise(tmp_path, fake, capsys
     # The fake's mIoU: 40 + 2 * seed (+ 5 for inter): source_only 46, 50; inter 51, 55.
     on_disk = json.loads((runs / "summary.json").read_text())
     assert on_disk == summary and on_disk["seeds"] == [3, 5]
-    assert [(s["stage"], s["mean"], s["std"]) for s in on_disk["stages"]] == [("source_only", 48.0, pytest.approx(8**0.5)), ("inter", 53.0, pytest.approx(8**0.5))]
+    std = pytest.approx(8**0.5)  # sqrt((2^2 + 2^2) / (2 - 1))
+    assert [(s["stage"], s["mean"], s["std"]) for s in on_disk["stages"]] == [("source_only", 48.0, std), ("inter", 53.0, std)]
     assert [(r["seed"], r["mIoU"], r["metrics"]) for r in on_disk["stages"][1]["per_seed"]] == [
         (3, 51.0, str(runs / "seed_3" / "inter" / "test" / "metrics.json")), (5, 55.0, str(runs / "seed_5" / "inter" / "test" / "metrics.json")),
     ]

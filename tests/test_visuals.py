@@ -121,6 +121,7 @@ def test_test_writes_pictures_and_fills_a_wandb_run(toy_root, source_pth, tmp_pa
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    __import__("wandb").finish()  # a run another test left open would be reused by Lightning's WandbLogger
     config = eval_config(toy_root)
     config["trainer"]["logger"] = {"class_path": "intrada_pl.loggers.WandbLogger", "init_args": {"save_dir": str(tmp_path), "project": "t"}}
     config["data"]["targets"] = {"cityscapes": {}, "unlabelled": {"with_labels": False}}

@@ -24,8 +24,8 @@ from intrada_pl.errors import ConfigValueError
 from intrada_pl.io import atomic_path, write_json, write_png
 from intrada_pl.losses import upsample
 from intrada_pl.metrics import format_iou_table, iou_report
-from intrada_pl.stages.segmentation import SegmentationEvalModule
 from intrada_pl.stages.adabn import DEFAULT_CACHE, target_statistics
+from intrada_pl.stages.segmentation import SegmentationEvalModule
 from intrada_pl.stages.tta import AdaBN, MethodSpec, Statistics, build_test_methods
 from intrada_pl.visuals import (
     CLASS_LABELS, confusion_figure, figure_array, prediction_pictures, reliability_bins, reliability_figure, resize_bilinear, write_figure,
@@ -155,19 +155,19 @@ def layer_study(results: dict[str, dict[str, dict]], method: str, groups: Sequen
     """Per target: mIoU and ECE of ``method`` (a canonical method name) on each layer group alone
     (``METHOD[g]``) and on all layers but it (``METHOD[-g]``), beside ``none`` and ``method`` on
     every layer, from the results of those methods."""
-    study: dict[str, dict] = {}
-    for target, per_method in results.items():
-        def scores(name: str) -> dict:
-            return {"mIoU": per_method[name]["mIoU"], "ECE": per_method[name]["ECE"]}
+    def scores(per_method: dict[str, dict], name: str) -> dict:
+        return {"mIoU": per_method[name]["mIoU"], "ECE": per_method[name]["ECE"]}
 
-        study[target] = {
+    return {
+        target: {
             "method": method,
-            "none": scores("none"),
-            "all": scores(method),
-            "alone": {g: scores(f"{method}[{g}]") for g in groups},
-            "all_but": {g: scores(f"{method}[-{g}]") for g in groups},
+            "none": scores(per_method, "none"),
+            "all": scores(per_method, method),
+            "alone": {g: scores(per_method, f"{method}[{g}]") for g in groups},
+            "all_but": {g: scores(per_method, f"{method}[-{g}]") for g in groups},
         }
-    return study
+        for target, per_method in results.items()
+    }
 
 
 def format_layer_table(study: dict) -> str:
@@ -239,6 +239,25 @@ class Evaluator(SegmentationEvalModule):
     ``adabn_split`` (first ``adabn_max_images`` images, batches of ``adabn_batch_size``), estimated
     before the first image or read from ``adabn_cache`` (None: no cache; ``adabn_recompute``
     refreshes it); see :mod:`intrada_pl.stages.adabn`.
+
+    Args:
+        checkpoints: the checkpoints to evaluate (``--ckpt_path``, repeatable: a logit ensemble).
+        num_classes: the dataset's class count.
+        eval_subsets: class subsets to score besides the 19 (default: the checkpoint's).
+        output_dir: where metrics.json and predictions go (``--output``).
+        save_predictions: write label-ID, colour, overlay and error-map PNGs (``--save_predictions``).
+        wandb_images: images with masks logged per target and method.
+        calibrations: the test-time methods (``--calibration``, ``--strengths``).
+        strength: m of a plain ``manual`` method (``--strength``).
+        tent_lr: TENT's Adam learning rate.
+        tent_steps: TENT steps per image.
+        tent_episodic: TENT back to the source weights after every image.
+        ece_bins: equal-width confidence bins of the ECE.
+        adabn_split: the target split AdaBN re-estimates the statistics on.
+        adabn_max_images: at most this many images of it (None: all).
+        adabn_batch_size: images per AdaBN forward pass.
+        adabn_cache: folder caching AdaBN statistics per checkpoint and target (None: no cache).
+        adabn_recompute: recompute and overwrite cached AdaBN statistics.
     """
 
     def __init__(
@@ -378,6 +397,11 @@ class Evaluator(SegmentationEvalModule):
         for kind, picture in prediction_pictures(image, pred, label, colors).items():
             write_png(out / kind / png, picture)
 
+    def on_test_end(self) -> None:
+        """The results table, printed once the progress bar has closed (not on its line)."""
+        if self.trainer.is_global_zero:
+            rank_zero_info(self.console_report)
+
     def on_test_epoch_end(self) -> None:
         single = len(self.target_names) == 1 and len(self.methods) == 1
         results: dict[str, dict[str, dict]] = {}
@@ -413,12 +437,11 @@ class Evaluator(SegmentationEvalModule):
         if single:  # one target, one method: its numbers at the top level too
             only = results[self.target_names[0]][self.methods[0].name]
             metrics = {**only, **metrics}
-            rank_zero_info(format_iou_table(only))
-            rank_zero_info(f"ECE (%): {_fmt(only['ECE'])}   seconds per image: {only['seconds_per_image']:.4f}")
+            self.console_report = f"{format_iou_table(only)}\nECE (%): {_fmt(only['ECE'])}   seconds per image: {only['seconds_per_image']:.4f}"
         else:
-            rank_zero_info(format_results_table(results))
+            self.console_report = format_results_table(results)
         path = write_json(self.output / "metrics.json", metrics)
-        rank_zero_info(f"metrics written to {path}")
+        self.console_report += f"\nmetrics written to {path}"
         self._write_diagnostics(confmats, bins)
         if self.hparams.save_predictions:
             rank_zero_info(f"predictions written to {self.output / 'predictions'}")

@@ -409,6 +409,9 @@ class RankingCallback(Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image("ranking/histogram", [str(self.directory / "histogram.png")])
+                easy = set(ranking.easy)
+                rows = [[i + 1, name, ranking.scores[name], "easy" if name in easy else "hard"] for i, name in enumerate(ranking.order)]
+                logger.log_table("ranking/scores", ["rank", "name", "score", "split"], rows)  # scores.csv, sortable in the UI
                 self.log_reliability(logger, reliability, strips)
         rank_zero_info(
             f"entropy ranking written to {self.directory}: {len(ranking.easy)} easy / {len(ranking.hard)} hard of "

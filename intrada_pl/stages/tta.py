@@ -137,7 +137,7 @@ def select_layers(model: nn.Module, terms: Sequence[str]) -> frozenset[str]:
             what = f"layer group {key!r} ({', '.join(patterns)})" if key in LAYER_GROUPS else f"pattern {key!r}"
             groups = [g for g, ps in LAYER_GROUPS.items() if any(fnmatchcase(n, p) for n in names for p in ps)]
             raise ConfigValueError(
-                f"{what} matches no BatchNorm layer of this model (DeepLabV2's heads have none); groups with "
+                f"{what} matches no BatchNorm layer of this model{' (DeepLabV2 heads are convolutions only)' if key == 'heads' else ''}; groups with "
                 f"BatchNorms: {', '.join(groups)}; patterns match qualified names such as {', '.join(names[:3])}"
             )
         (dropped if term.startswith("-") else picked).append(matched)
