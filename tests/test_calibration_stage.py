@@ -127,6 +127,9 @@ def test_fit_then_test_through_the_cli(calibration, source_ckpt, toy_root, tmp_p
     main(["fit", "--config", str(config)])
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     assert (run_dir / "strengths.png").stat().st_size > 0
+    table = json.loads((run_dir / "strengths.json").read_text())  # the plotted numbers, per named layer
+    assert table["columns"] == ["layer", "mean_m", "mean_m_std", "var_m", "var_m_std"]
+    assert table["rows"][0][0] == "bn1" and all(0 < row[1] < 1 and 0 < row[3] < 1 for row in table["rows"])
 
     model, info = load_segmenter(ckpt)  # rebuilt from the checkpoint alone, calibrated layers included
     assert info["calibration"] == calibration and info["preprocessing"] == "imagenet" and info["depth"] == 18

@@ -548,7 +548,7 @@ def plot_strengths(
     strengths: Mapping[str, Mapping[str, Tensor]], path: str | os.PathLike[str], title: str | None = None
 ) -> Path:
     """Write a PNG of per-layer channel mean +- std of the mean and variance strengths against
-    the layer index (input of :func:`learned_strengths`), atomically."""
+    the layer names (input of :func:`learned_strengths`), atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend change
     from matplotlib.figure import Figure
 
@@ -557,7 +557,7 @@ def plot_strengths(
     path = Path(path)
     names = list(strengths)
     xs = list(range(len(names)))
-    fig = Figure(figsize=(max(6.0, 0.12 * len(names) + 3.0), 4.0), dpi=100)
+    fig = Figure(figsize=(max(6.0, 0.12 * len(names) + 3.0), 5.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     for key, color in (("mean", "tab:blue"), ("var", "tab:orange")):
@@ -566,7 +566,8 @@ def plot_strengths(
         sd = [float(s.std(correction=0)) if s.numel() > 1 else 0.0 for s in stacked]
         ax.plot(xs, mu, marker="o", markersize=3, color=color, label=f"{key} strength")
         ax.fill_between(xs, [a - b for a, b in zip(mu, sd)], [a + b for a, b in zip(mu, sd)], color=color, alpha=0.25)
-    ax.set_xlabel("BN layer index (model order)")
+    ax.set_xticks(xs, names, rotation=90, fontsize=6)  # the BN layers' module names, in model order
+    ax.set_xlabel("BN layer")
     ax.set_ylabel("strength m (0 = source BN, 1 = instance stats)")
     ax.set_ylim(-0.05, 1.05)
     ax.grid(True, alpha=0.3)
@@ -576,3 +577,15 @@ def plot_strengths(
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path
+
+
+def strength_table(strengths: Mapping[str, Mapping[str, Tensor]]) -> list[list]:
+    """One row per BN layer: name, then channel mean and std of the mean and variance strengths."""
+    rows = []
+    for name, per in strengths.items():
+        row: list = [name]
+        for key in ("mean", "var"):
+            values = per[key].detach().float().cpu()
+            row += [round(float(values.mean()), 6), round(float(values.std(correction=0)) if values.numel() > 1 else 0.0, 6)]
+        rows.append(row)
+    return rows
