@@ -62,3 +62,17 @@ def write_yaml(path, content) -> str:
     """Write ``content`` as YAML and return the path as a string."""
     path.write_text(yaml.safe_dump(content))
     return str(path)
+
+
+def trained_segmenter(seed: int = 0):
+    """A depth-18 DeepLabV2 whose BN layers hold real (not default) source statistics."""
+    import torch
+
+    from intrada_pl.models.deeplabv2 import DeepLabV2
+
+    torch.manual_seed(seed)
+    model = DeepLabV2(19, depth=18, preprocessing="imagenet").train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randint(0, 255, (2, 3, 32, 64)).float())
+    return model.eval()

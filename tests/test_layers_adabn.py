@@ -12,22 +12,13 @@ import torch.nn.functional as F
 from intrada_pl.cli import main
 from intrada_pl.data.datamodules import TargetDataModule
 from intrada_pl.models.bn_calibration import CalibratedBatchNorm, convert_batchnorm
-from intrada_pl.models.deeplabv2 import DeepLabV2
 from intrada_pl.stages import adabn
 from intrada_pl.stages.tta import AdaBN, CalibrationSwitch, MethodSpec, batchnorm_names, select_layers
 from tests.helpers import eval_config, write_yaml
 
+from tests.helpers import trained_segmenter as _segmenter
+
 torch.set_num_threads(1)
-
-
-def _segmenter(seed: int = 0) -> DeepLabV2:
-    """A depth-18 DeepLabV2 whose BN layers hold real (not default) source statistics."""
-    torch.manual_seed(seed)
-    model = DeepLabV2(19, depth=18, preprocessing="imagenet").train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randint(0, 255, (2, 3, 32, 64)).float())
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
