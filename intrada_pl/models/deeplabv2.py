@@ -12,91 +12,11 @@ from collections import Counter
 from torch import Tensor, nn
 
 from intrada_pl.models.preprocessing import InputNormalization
+from intrada_pl.models.resnet import BACKBONE_MODULES, HEAD_MODULES, RESNET_LAYOUTS, make_stage
+from intrada_pl.models.segmenter import ParamGroup, Segmenter
+from intrada_pl.models.weights import load_pretrained
 
-BACKBONE_MODULES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
-HEAD_MODULES = ("layer5", "layer6")  # aux (multi-level only), main
 HEAD_DILATIONS = (6, 12, 18, 24)
-
-
-def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
-    """Bias-free conv with 'same' padding for odd kernels (padding = dilation for 3x3)."""
-    return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=dilation * (kernel // 2),
-                     dilation=dilation, bias=False)
-
-
-class _ResidualBlock(nn.Module):
-    """Shared residual wiring: ``relu(residual(x) + shortcut(x))``."""
-
-    expansion = 1
-
-    def __init__(self, downsample: nn.Module | None) -> None:
-        super().__init__()
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def residual(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(self.residual(x) + identity)
-
-
-class Bottleneck(_ResidualBlock):
-    """Caffe-style bottleneck: the stride sits on the first 1x1 conv (torchvision puts it on the 3x3)."""
-
-    expansion = 4
-
-    def __init__(self, c_in: int, planes: int, stride: int, dilation: int,
-                 downsample: nn.Module | None) -> None:
-        super().__init__(downsample)
-        self.conv1 = _conv(c_in, planes, 1, stride=stride)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = _conv(planes, planes, 3, dilation=dilation)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = _conv(planes, planes * self.expansion, 1)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-
-    def residual(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        return self.bn3(self.conv3(out))
-
-
-class BasicBlock(_ResidualBlock):
-    """Two 3x3 convs (ResNet-18/34 block), dilated like the bottleneck; for small demo/test models."""
-
-    def __init__(self, c_in: int, planes: int, stride: int, dilation: int,
-                 downsample: nn.Module | None) -> None:
-        super().__init__(downsample)
-        self.conv1 = _conv(c_in, planes, 3, stride=stride, dilation=dilation)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = _conv(planes, planes, 3, dilation=dilation)
-        self.bn2 = nn.BatchNorm2d(planes)
-
-    def residual(self, x: Tensor) -> Tensor:
-        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-
-
-# depth -> (block type, blocks per stage)
-RESNET_LAYOUTS: dict[int, tuple[type[_ResidualBlock], tuple[int, int, int, int]]] = {
-    18: (BasicBlock, (2, 2, 2, 2)),
-    50: (Bottleneck, (3, 4, 6, 3)),
-    101: (Bottleneck, (3, 4, 23, 3)),
-}
-
-
-def _make_stage(block: type[_ResidualBlock], c_in: int, planes: int, blocks: int,
-                stride: int, dilation: int) -> nn.Sequential:
-    """A ResNet stage; the first block gets a 1x1 projection shortcut whenever the stride, the
-    width or the dilation changes (the reference forces it for dilated stages too)."""
-    c_out = planes * block.expansion
-    downsample = None
-    if stride != 1 or c_in != c_out or dilation > 1:
-        downsample = nn.Sequential(_conv(c_in, c_out, 1, stride=stride), nn.BatchNorm2d(c_out))
-    layers = [block(c_in, planes, stride, dilation, downsample)]
-    layers += [block(c_out, planes, 1, dilation, None) for _ in range(1, blocks)]
-    return nn.Sequential(*layers)
 
 
 class ASPPClassifier(nn.Module):
@@ -116,22 +36,32 @@ class ASPPClassifier(nn.Module):
         return out
 
 
-class DeepLabV2(nn.Module):
+class DeepLabV2(Segmenter):
     """DeepLab-v2 with optional auxiliary (layer3) head; returns ``(aux_logits | None, main_logits)``
     at the stride-8 grid (65x129 for 512x1024, because the stem max-pool uses ceil mode).
 
-    Everything is trainable after construction; the training stage calls ``freeze_bn_affine()``
+    Everything is trainable after construction; the training stage calls ``freeze_norm_affine()``
     to reproduce the reference's frozen BN affine parameters.
+
+    Args:
+        num_classes, depth (18, 50, 101), multi_level (the aux head on layer3), preprocessing
+            (``caffe_bgr``: the reference's; ``imagenet``: torchvision's weights).
+        pretrained: a local weight file loaded when a training stage starts (:meth:`load_pretrained`):
+            the DeepLab ImageNet init, torchvision ResNet weights, or any segmentation checkpoint.
+        head_lr_mult: the heads' learning-rate multiplier (the reference: 10).
     """
 
     def __init__(self, num_classes: int = 19, depth: int = 101, multi_level: bool = True,
-                 preprocessing: str = "caffe_bgr") -> None:
+                 preprocessing: str = "caffe_bgr", pretrained: str | None = None, head_lr_mult: float = 10.0) -> None:
         super().__init__()
         if depth not in RESNET_LAYOUTS:
             raise ValueError(f"unsupported depth {depth}; valid depths: {sorted(RESNET_LAYOUTS)}")
         self.num_classes = num_classes
         self.depth = depth
         self.multi_level = multi_level
+        self.preprocessing = preprocessing
+        self.pretrained = pretrained
+        self.head_lr_mult = head_lr_mult
         block, blocks = RESNET_LAYOUTS[depth]
         e = block.expansion
 
@@ -140,10 +70,10 @@ class DeepLabV2(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
-        self.layer1 = _make_stage(block, 64, 64, blocks[0], stride=1, dilation=1)
-        self.layer2 = _make_stage(block, 64 * e, 128, blocks[1], stride=2, dilation=1)
-        self.layer3 = _make_stage(block, 128 * e, 256, blocks[2], stride=1, dilation=2)
-        self.layer4 = _make_stage(block, 256 * e, 512, blocks[3], stride=1, dilation=4)
+        self.layer1 = make_stage(block, 64, 64, blocks[0], stride=1, dilation=1)
+        self.layer2 = make_stage(block, 64 * e, 128, blocks[1], stride=2, dilation=1)
+        self.layer3 = make_stage(block, 128 * e, 256, blocks[2], stride=1, dilation=2)
+        self.layer4 = make_stage(block, 256 * e, 512, blocks[3], stride=1, dilation=4)
         self.layer5 = ASPPClassifier(256 * e, num_classes) if multi_level else None
         self.layer6 = ASPPClassifier(512 * e, num_classes)
         self._init_weights()
@@ -175,12 +105,29 @@ class DeepLabV2(nn.Module):
         """Trainable layer5 (aux) + layer6 (main) weights and biases (reference: 10x LR)."""
         return self._trainable(HEAD_MODULES)
 
-    def freeze_bn_affine(self) -> None:
-        """Reference behaviour: BN weight/bias get no gradient (running stats still update in train mode)."""
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                for p in m.parameters():
-                    p.requires_grad_(False)
+    def param_groups(self) -> list[ParamGroup]:
+        """``backbone`` (1x) and ``heads`` (``head_lr_mult``), weight decay on all (the reference)."""
+        return [
+            ParamGroup(name="backbone", params=self.backbone_parameters(), lr_mult=1.0, decay_mult=1.0),
+            ParamGroup(name="heads", params=self.head_parameters(), lr_mult=self.head_lr_mult, decay_mult=1.0),
+        ]
+
+    def layer_groups(self) -> dict[str, tuple[str, ...]]:
+        return {
+            "stem": ("bn1",),
+            "layer1": ("layer1.*",),
+            "layer2": ("layer2.*",),
+            "layer3": ("layer3.*",),
+            "layer4": ("layer4.*",),
+            "heads": ("layer5.*", "layer6.*"),
+        }
+
+    def load_pretrained(self) -> str:
+        return load_pretrained(self, self.pretrained)
+
+    def reference_param_repeats(self) -> dict[str, int]:
+        """How often the reference's generator list holds each backbone parameter (:func:`reference_lr_multiplicity`)."""
+        return reference_lr_multiplicity(self)
 
 
 def reference_lr_multiplicity(model: DeepLabV2) -> dict[str, int]:

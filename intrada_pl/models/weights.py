@@ -1,4 +1,4 @@
-"""Loading DeepLabV2 weights: ImageNet inits and released ADVENT/IntraDA state dicts.
+"""Reading weight files, and loading DeepLabV2 weights: ImageNet inits and released ADVENT/IntraDA state dicts.
 
 Every file is read with ``torch.load(map_location="cpu", weights_only=True)``; keys and shapes are
 checked here first so that a wrong file fails with a message naming what differs rather than
@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from intrada_pl.errors import BadInputError
-from intrada_pl.models.deeplabv2 import HEAD_MODULES, RESNET_LAYOUTS, Bottleneck, DeepLabV2
+from intrada_pl.models.resnet import HEAD_MODULES, RESNET_LAYOUTS, Bottleneck
 
 _MAIN_HEAD_KEY = "layer6.conv2d_list.0.weight"
 # ImageNet classifiers that init files carry and we never load: torchvision's ``fc`` and the
@@ -132,12 +132,14 @@ def infer_architecture(state_dict: Mapping[str, Tensor], source: str = "state di
                 multi_level=any(_top(k) == "layer5" for k in state_dict))
 
 
-def _describe(model: DeepLabV2) -> str:
-    return (f"DeepLabV2(num_classes={model.num_classes}, depth={model.depth}, "
-            f"multi_level={model.multi_level})")
+def _describe(model: nn.Module) -> str:
+    """``DeepLabV2(num_classes=19, depth=101, multi_level=True)``: the network and its shape-defining arguments."""
+    shape_args = ("num_classes", "depth", "multi_level", "encoder", "head")
+    args = ", ".join(f"{k}={getattr(model, k)}" for k in shape_args if hasattr(model, k))
+    return f"{type(model).__name__}({args})"
 
 
-def _check_and_load(model: DeepLabV2, state: dict[str, Tensor], expected: Mapping[str, Tensor],
+def _check_and_load(model: nn.Module, state: dict[str, Tensor], expected: Mapping[str, Tensor],
                     source: str) -> None:
     """Load ``state`` into ``model`` iff its keys are exactly ``expected``'s (BN ``num_batches_tracked``
     may be absent, as in PyTorch <= 0.4 files) and every shape agrees; otherwise raise."""
@@ -166,18 +168,18 @@ def _check_and_load(model: DeepLabV2, state: dict[str, Tensor], expected: Mappin
     model.load_state_dict(state, strict=False)  # keys verified above; backbone loads omit the heads
 
 
-def load_state_checked(model: DeepLabV2, state: dict[str, Tensor], source: str) -> str:
+def load_state_checked(model: nn.Module, state: dict[str, Tensor], source: str) -> str:
     """Load a full segmentation state dict strictly, naming any mismatch."""
     _check_and_load(model, state, model.state_dict(), source)
     return f"all {len(state)} tensors of a {_describe(model)} from {source}"
 
 
-def load_reference_checkpoint(model: DeepLabV2, path: str | Path) -> str:
+def load_reference_checkpoint(model: nn.Module, path: str | Path) -> str:
     """Load a full segmentation state dict (released ADVENT/IntraDA ``.pth`` or ours), strictly."""
     return load_state_checked(model, read_state_dict(path), str(path))
 
 
-def load_pretrained(model: DeepLabV2, path: str | Path | None) -> str:
+def load_pretrained(model: nn.Module, path: str | Path | None) -> str:
     """Initialise a fresh model from ``path`` and say what was loaded; the format is detected from keys.
 
     - segmentation weights (``layer6.*``; a bare state dict or any stage's Lightning checkpoint,
