@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from intrada_pl.data.datamodules import TargetDataModule  # noqa: E402
 from intrada_pl.data.toy import ToySpec, generate  # noqa: E402
 from intrada_pl.losses import upsample  # noqa: E402
+from intrada_pl.models import DeepLabV2  # noqa: E402
 from intrada_pl.stages.ranking import RankingCallback, encode_png  # noqa: E402
 from intrada_pl.stages.segmentation import SegmentationModule  # noqa: E402
 
@@ -96,13 +97,13 @@ def main() -> None:
         reference_loader = reference_data.predict_dataloader()
         datamodule = TargetDataModule(root=root, split="train", size=size, with_labels=False, batch_size=args.batch_size, num_workers=0)
 
-        fp32 = SegmentationModule(depth=args.depth)
+        fp32 = SegmentationModule(DeepLabV2(depth=args.depth))
         variants: dict[str, Callable[[], dict]] = {
             "reference (batch 1, fp32, numpy)": lambda: reference_loop(fp32, reference_loader),
             f"ours (batch {args.batch_size}, fp32)": lambda: ours(fp32, datamodule, "32-true", tmp / "fp32"),
         }
         if args.bf16:
-            fast = SegmentationModule(depth=args.depth, channels_last=True)
+            fast = SegmentationModule(DeepLabV2(depth=args.depth), channels_last=True)
             fast.load_state_dict(fp32.state_dict())
             variants[f"ours (batch {args.batch_size}, bf16 + channels_last)"] = lambda: ours(fast, datamodule, "bf16-mixed", tmp / "bf16")
 

@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from intrada_pl.losses import adversarial_loss, segmentation_loss, self_information  # noqa: E402
+from intrada_pl.models import DeepLabV2  # noqa: E402
 from intrada_pl.stages.inter import SOURCE, TARGET, InterDomainModule  # noqa: E402
 
 
@@ -127,7 +128,7 @@ def worker(args) -> None:
     """One side in this process: print its iteration times and peak memory as JSON."""
     L.seed_everything(0, verbose=False)
     torch.set_num_threads(args.threads)
-    module = InterDomainModule(depth=args.depth)
+    module = InterDomainModule(DeepLabV2(depth=args.depth))
     n = args.iterations + 2
     loaders = {
         "source": DataLoader(FixedBatches(n, *args.source, seed=0), batch_size=1),

@@ -25,17 +25,18 @@ import yaml  # noqa: E402
 from lightning.pytorch import Callback, Trainer  # noqa: E402
 from lightning.pytorch.callbacks import ProgressBar  # noqa: E402
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI  # noqa: E402
+from jsonargparse import dict_to_namespace, namespace_to_dict  # noqa: E402
 from lightning.fabric.utilities.exceptions import MisconfigurationException  # noqa: E402
 from lightning.pytorch.plugins.io import TorchCheckpointIO  # noqa: E402
 
 from intrada_pl.checkpoint_io import AtomicCheckpointIO  # noqa: E402
-from intrada_pl.checkpoints import build_segmenter  # noqa: E402
 from intrada_pl.errors import BadInputError, ConfigValueError  # noqa: E402
 from intrada_pl.io import write_json  # noqa: E402
 from intrada_pl.loggers import RunRecord  # noqa: E402
 from intrada_pl.quiet import silence_noise  # noqa: E402
-from intrada_pl.models.deeplabv2 import DeepLabV2  # noqa: E402
-from intrada_pl.models.weights import CheckpointMismatchError, is_lightning_checkpoint, read_checkpoint  # noqa: E402
+from intrada_pl.models.factory import release_spec  # noqa: E402
+from intrada_pl.models.weights import CheckpointMismatchError, is_lightning_checkpoint, read_checkpoint, unwrap_state_dict  # noqa: E402
+from intrada_pl.stages.hparams import differences, upgrade_hparams  # noqa: E402
 from intrada_pl.progress import ConsoleProgressBar  # noqa: E402
 from intrada_pl.runs import default_callbacks, default_loggers, place_loggers, resolve_resume, run_folder  # noqa: E402
 
@@ -134,26 +135,63 @@ class TrainingCLI(NamedCommandCLI):
         commands = LightningCLI.subcommands()
         return {name: commands[name] for name in ("fit", "validate", "predict")}
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, auto_configure_optimizers=False, **kwargs)  # optimisers are the stages' components
+
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         super().parse_arguments(parser, args)
-        self.weights: tuple[str, DeepLabV2] | None = None
         command = self.config.get("subcommand")
-        config = self.config[command] if command else {}
         if command:  # the run folder (intrada_pl.runs): loggers' save_dir, --ckpt_path last / last_if_present
+            config = self.config[command]
             place_loggers(config.trainer)
             config.ckpt_path = resolve_resume(config.get("ckpt_path"), config.trainer)
+
+    def _parse_ckpt_path(self) -> None:
+        """What ``--ckpt_path`` holds, decided from its keys (memory-mapped: the tensors are read
+        once, when the weights are loaded), instead of LightningCLI's overlay of the checkpoint's
+        hyper-parameters on the command line, which silently dropped the user's overrides.
+
+        - validate / predict: the configured stage runs the file's network (a stage checkpoint's
+          ``segmenter`` block, or the configured one for a bare state dict such as a released
+          ``.pth``) starting from the file's weights (``segmenter.init_args.pretrained``), so any
+          stage's checkpoint can be validated or ranked under any stage's config. A stage without
+          a ``segmenter`` argument (calibration) restores its own checkpoints.
+        - fit (resume): the checkpoint must come from the configured stage and its settings must
+          equal the command's (initial weight files aside): otherwise one error lists what differs.
+        """
+        command = self.config.get("subcommand")
+        config = self.config[command] if command else {}
         path = config.get("ckpt_path")
-        if not path or not os.path.isfile(path):  # "last", "best", or a missing file: Lightning's to report
+        if not path or not os.path.isfile(path):  # "best", or a missing file: Lightning's to report
             return
-        blob = read_checkpoint(path)  # one clear error for a file that is no checkpoint at all
-        if is_lightning_checkpoint(blob):
-            return
+        blob = read_checkpoint(path, mmap=True)
+        lightning = is_lightning_checkpoint(blob)
+        saved = upgrade_hparams(blob.get("hyper_parameters") or {}) if lightning else {}
+        stage, configured = saved.get("_class_path"), config.model.class_path
+        same_stage = stage is None or stage.rsplit(".", 1)[-1] == configured.rsplit(".", 1)[-1]
+        model = config.model.init_args
         if command == "fit":
+            if not lightning:
+                raise CheckpointMismatchError(
+                    f"{path} holds weights, not a Lightning checkpoint to resume training from; "
+                    f"start from them with --model.init_args.segmenter.init_args.pretrained {path}")
+            if not same_stage:
+                raise CheckpointMismatchError(f"{path} is a checkpoint of {stage}, not of {configured} (the config's stage): resume it with its own stage's config")
+            changed = differences(saved, namespace_to_dict(model))
+            if changed:
+                raise CheckpointMismatchError(
+                    f"--ckpt_path {path} was trained with other model settings than this command's ({'; '.join(changed)}); "
+                    "resume with the settings it was trained with, or start a new run in another --trainer.default_root_dir")
+            return
+        if "segmenter" not in model:
+            if not (lightning and same_stage):
+                raise CheckpointMismatchError(f"{path} is not a checkpoint of {configured}, the only kind its config can {command}")
+            return
+        if saved.get("calibration"):
             raise CheckpointMismatchError(
-                f"{path} holds weights, not a Lightning checkpoint to resume training from; "
-                f"start from them with --model.init_args.pretrained {path}")
-        segmenter, _ = build_segmenter(blob, path, config.get("model.init_args.num_classes"))
-        self.weights = (path, segmenter)
+                f"{path} is a {saved['calibration']} calibration checkpoint: evaluate it with intrada test --method {saved['calibration']}")
+        spec = saved["segmenter"] if lightning else release_spec(unwrap_state_dict(blob), path)
+        model.segmenter = dict_to_namespace({**spec, "init_args": {**spec.get("init_args", {}), "pretrained": path}})
         config.ckpt_path = None
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
@@ -177,13 +215,6 @@ class TrainingCLI(NamedCommandCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         trainer.callbacks += [logger for logger in trainer.loggers if isinstance(logger, Callback) and logger not in trainer.callbacks]
         return trainer
-
-    def after_instantiate_classes(self) -> None:
-        if self.weights is not None:
-            path, segmenter = self.weights
-            self.model.model = segmenter
-            self.model.weights_file = path  # what the ranking's summary names
-
 
 class EvaluationCLI(NamedCommandCLI):
     """``intrada test``: the Evaluator on one or several targets, with short flags for the common options."""
@@ -217,11 +248,33 @@ def _one_dialect(args: list[str], command: str) -> list[str]:
     and ``--data.init_args.X`` (``--model.*`` too) set options, whatever the command's parser is
     (``fit``/``validate``/``predict`` choose classes from the config; ``test`` has fixed ones)."""
     if command not in EVALUATION_COMMANDS:
+        args = _nested_nulls(args)
         return [("--ckpt_path" + arg[len("--ckpt"):]) if arg.partition("=")[0] == "--ckpt" else arg for arg in args]
     out = []
     for arg in args:
         arg = arg.replace("--data.init_args.", "--data.", 1).replace("--model.init_args.", "--model.", 1)
         out.append(("--ckpt" + arg[len("--ckpt_path"):]) if arg.partition("=")[0] == "--ckpt_path" else arg)
+    return out
+
+
+def _nested_nulls(args: list[str]) -> list[str]:
+    """``--model.init_args.segmenter.init_args.pretrained null`` -> ``--model.init_args.segmenter
+    {"init_args": {"pretrained": null}}``: jsonargparse (4.53) reads a ``null`` given on the command
+    line for an argument of a class nested in another config class as the string ``'None'``, but
+    a ``null`` inside a mapping as None."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        flag, eq, value = args[i].partition("=")
+        if not eq and i + 1 < len(args):
+            value = args[i + 1]
+        prefix, marker, leaf = flag.rpartition(".init_args.")
+        if flag.startswith("--") and marker and ".init_args." in prefix and "." not in leaf and value == "null":
+            out.append(f'{prefix}={{"init_args": {{"{leaf}": null}}}}')
+            i += 1 if eq else 2
+            continue
+        out.append(args[i])
+        i += 1
     return out
 
 

@@ -31,7 +31,7 @@ def fit_config(toy_root, run_dir, stage: str = "intrada_pl.stages.segmentation.S
         },
         "model": {
             "class_path": stage,
-            "init_args": {"depth": 18, "lr": 0.01, "schedule_steps": 4, **model_args},
+            "init_args": stage_args(**model_args),
         },
         "data": {
             "class_path": "intrada_pl.data.datamodules.SourceTargetDataModule",
@@ -48,6 +48,26 @@ def fit_config(toy_root, run_dir, stage: str = "intrada_pl.stages.segmentation.S
             },
         },
     }
+
+
+SEGMENTER_KEYS = ("depth", "num_classes", "multi_level", "preprocessing", "pretrained", "head_lr_mult")
+SCHEDULE_KEYS = {"schedule_steps": "total_steps", "poly_power": "power", "warmup_steps": "warmup_steps", "warmup_factor": "warmup_factor"}
+
+
+def stage_args(depth: int = 18, lr: float = 0.01, schedule_steps: int = 4, optimizer: str = "ReferenceSGD", **rest) -> dict:
+    """A stage's ``init_args`` from the few settings tests vary: a DeepLabV2 (depth 18), its optimiser
+    (``optimizer`` at ``lr``) and poly schedule (``schedule_steps``, ``warmup_*``); the rest as given.
+    With ``init_ckpt`` (calibration) there is no segmenter block and the optimiser is Adam."""
+    segmenter = {k: rest.pop(k) for k in SEGMENTER_KEYS if k in rest}
+    schedule = {new: rest.pop(old) for old, new in SCHEDULE_KEYS.items() if old in rest}
+    schedule.setdefault("total_steps", schedule_steps)
+    if "init_ckpt" in rest:
+        schedule.setdefault("warmup_steps", 0)  # the stage's 1000 would not fit in a test's few steps
+        optimizer_block = {"class_path": "intrada_pl.optim.Adam", "init_args": {"lr": lr, "weight_decay": 0.0}}
+    else:
+        rest["segmenter"] = {"class_path": "intrada_pl.models.DeepLabV2", "init_args": {"depth": depth, **segmenter}}
+        optimizer_block = {"class_path": f"intrada_pl.optim.{optimizer}", "init_args": {"lr": lr}}
+    return {**rest, "optimizer": optimizer_block, "lr_scheduler": {"class_path": "intrada_pl.optim.Poly", "init_args": schedule}}
 
 
 def eval_config(toy_root) -> dict:

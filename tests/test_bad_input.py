@@ -23,7 +23,7 @@ from intrada_pl.io import write_png, write_text
 from intrada_pl.models.deeplabv2 import DeepLabV2
 
 REPO = Path(__file__).resolve().parents[1]
-PRETRAINED = "--model.init_args.pretrained"
+PRETRAINED = "--model.init_args.segmenter.init_args.pretrained"
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ class Case:
         return [
             "predict", "--config", str(REPO / "configs" / "rank_gta5.yaml"), "--trainer.accelerator", "cpu",
             "--trainer.default_root_dir", str(self.tmp), "--trainer.callbacks.init_args.output_dir", str(self.tmp),
-            "--model.init_args.depth", "18", "--data.init_args.root", str(self.toy / "Cityscapes"),
+            "--model.init_args.segmenter.init_args.depth", "18", "--data.init_args.root", str(self.toy / "Cityscapes"),
             "--data.init_args.num_workers", "0", *extra,
         ]
 
@@ -203,7 +203,7 @@ def unknown_resize(c: Case):
 
 
 def learning_rate_not_a_number(c: Case):
-    return c.fit("--model.init_args.lr", "fast"), ["--model.lr: Expected a float", "fast"]
+    return c.fit("--model.init_args.optimizer.init_args.lr", "fast"), ["--model.optimizer.lr: Expected a float", "fast"]
 
 
 def misspelt_option(c: Case):

@@ -9,8 +9,10 @@ import pytest
 import torch
 import yaml
 
-from intrada_pl.checkpoints import load_segmenter
+from helpers import stage_args
 from intrada_pl.cli import main
+from intrada_pl.models import DeepLabV2, load_segmenter
+from intrada_pl.optim import Adam, Poly, ReferenceSGD
 from intrada_pl.data.datamodules import SourceTargetDataModule
 from intrada_pl.models.bn_calibration import CalibratedBatchNorm
 from intrada_pl.stages.calibration import CalibrationModule
@@ -45,7 +47,7 @@ def source_ckpt(toy_root, tmp_path_factory):
     """A briefly trained depth-18 source model (BN statistics and weights that mean something)."""
     root = tmp_path_factory.mktemp("source")
     L.seed_everything(0)
-    model = SegmentationModule(depth=18, preprocessing="imagenet", bn="trainable", lr=0.01, schedule_steps=12)
+    model = SegmentationModule(DeepLabV2(depth=18, preprocessing="imagenet"), ReferenceSGD(lr=0.01), Poly(12), bn="trainable")
     trainer = _trainer(root, max_steps=12, limit_val_batches=0, enable_checkpointing=False)
     trainer.fit(model, datamodule=_data(toy_root))
     path = root / "source.ckpt"
@@ -63,7 +65,7 @@ def _augmented_batch(module: CalibrationModule, toy_root) -> dict:
 
 def test_one_epoch_lowers_augmented_source_loss_and_trains_only_strengths(source_ckpt, toy_root, tmp_path):
     L.seed_everything(0)
-    module = CalibrationModule(str(source_ckpt), lr=0.05, schedule_steps=4, warmup_steps=0)
+    module = CalibrationModule(str(source_ckpt), optimizer=Adam(lr=0.05), lr_scheduler=Poly(4))
     assert {n for n, p in module.named_parameters() if p.requires_grad} == {
         f"model.{name}.{key}" for name, m in module.model.named_modules() if isinstance(m, CalibratedBatchNorm) for key in STRENGTH_KEYS
     }
@@ -100,7 +102,7 @@ def _fit_config(source_ckpt, toy_root, run_dir, calibration: str) -> dict:
         },
         "model": {
             "class_path": "CalibrationModule",
-            "init_args": {"init_ckpt": str(source_ckpt), "calibration": calibration, "hidden_dim": 16, "schedule_steps": 2, "warmup_steps": 0},
+            "init_args": stage_args(init_ckpt=str(source_ckpt), calibration=calibration, hidden_dim=16, schedule_steps=2, warmup_steps=0, lr=2.5e-3),
         },
         "data": {
             "class_path": "SourceTargetDataModule",
@@ -132,7 +134,7 @@ def test_fit_then_test_through_the_cli(calibration, source_ckpt, toy_root, tmp_p
     assert table["rows"][0][0] == "bn1" and all(0 < row[1] < 1 and 0 < row[3] < 1 for row in table["rows"])
 
     model, info = load_segmenter(ckpt)  # rebuilt from the checkpoint alone, calibrated layers included
-    assert info["calibration"] == calibration and info["preprocessing"] == "imagenet" and info["depth"] == 18
+    assert info.calibration == calibration and info.preprocessing == "imagenet" and model.depth == 18
     layers = [m for m in model.modules() if isinstance(m, CalibratedBatchNorm)]
     assert layers and all(m.mode == calibration for m in layers)
 
@@ -149,7 +151,7 @@ def test_fit_then_test_through_the_cli(calibration, source_ckpt, toy_root, tmp_p
 
 
 def test_calibrated_checkpoint_is_refused_as_a_starting_point(source_ckpt, tmp_path):
-    module = CalibrationModule(str(source_ckpt), schedule_steps=1)
+    module = CalibrationModule(str(source_ckpt), lr_scheduler=Poly(1))
     path = tmp_path / "calibrated.ckpt"
     torch.save({"pytorch-lightning_version": L.__version__, "state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
     with pytest.raises(ValueError, match="already calibrated"):

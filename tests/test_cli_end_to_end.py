@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from intrada_pl.cli import main
 from intrada_pl.data.labels import CITYSCAPES_ID_TO_TRAIN_ID
 from intrada_pl.models.deeplabv2 import DeepLabV2
 from intrada_pl.models.weights import CheckpointMismatchError
 from helpers import eval_config, fit_config, write_yaml
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +32,7 @@ def test_fit_writes_checkpoints_with_hyperparameters(trained):
     assert last.is_file()
     blob = torch.load(last, map_location="cpu", weights_only=False)
     assert blob["global_step"] == 4
-    assert blob["hyper_parameters"]["depth"] == 18
+    assert blob["hyper_parameters"]["segmenter"]["init_args"]["depth"] == 18
     assert any(key.startswith("model.layer6.") for key in blob["state_dict"])
 
 
@@ -141,3 +145,14 @@ def test_console_script_reports_bad_input_in_one_message(monkeypatch, capsys, tm
     monkeypatch.setenv("INTRADA_TRACEBACK", "1")
     with pytest.raises(FileNotFoundError, match="Expected layout"):
         run()
+
+
+def test_null_for_a_nested_component_argument_is_none(capsys):
+    """``--model.init_args.segmenter.init_args.pretrained null`` (README's random init) is None, not
+    the string 'None' that jsonargparse makes of a null for a class nested in a config class."""
+    config = REPO / "configs" / "inter_gta5.yaml"
+    for spelling in (["--model.init_args.segmenter.init_args.pretrained", "null"], ["--model.init_args.segmenter.init_args.pretrained=null"]):
+        with pytest.raises(SystemExit):
+            main(["fit", "--config", str(config), *spelling, "--model.init_args.segmenter.init_args.depth", "18", "--print_config"])
+        segmenter = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["segmenter"]["init_args"]
+        assert segmenter["pretrained"] is None and segmenter["depth"] == 18

@@ -31,5 +31,5 @@ def test_a_config_without_loggers_gets_csv_and_wandb_with_the_run_record(toy_roo
 
     run = next((run_dir / "wandb").glob("offline-run-*"))
     records = next(run.glob("run-*.wandb")).read_bytes()
-    for key in ("train/loss_seg_main", "val/mIoU", "val/IoU/road", "val/panels", "lr-ReferenceSGD/heads", "git_commit", "seed", "max_steps"):
+    for key in ("train/loss_seg_main", "val/mIoU", "val/IoU/road", "val/panels", "lr-SGD041/heads", "git_commit", "seed", "max_steps"):
         assert key.encode() in records, key

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import fit_config, write_yaml
+from helpers import fit_config, stage_args, write_yaml
 from intrada_pl.cli import main
 
 INTER = "intrada_pl.stages.inter.InterDomainModule"
@@ -49,7 +49,8 @@ def test_source_only_and_calibration_stop_on_nan(toy_root, tmp_path, stage):
         config = fit_config(toy_root, tmp_path / "calib", stage=CALIB)
         init = config["model"]["init_args"]
         init.clear()
-        init.update(init_ckpt=str(tmp_path / "source" / "checkpoints" / "last.ckpt"), calibration="instcal_c", lr=1e36, schedule_steps=10, warmup_steps=0, augmentations=["randaugment"])
+        init.update(stage_args(init_ckpt=str(tmp_path / "source" / "checkpoints" / "last.ckpt"), calibration="instcal_c", lr=1e36,
+                               schedule_steps=10, warmup_steps=0, augmentations=["randaugment"]))
         run_dir = tmp_path / "calib"
     else:
         config, run_dir = fit_config(toy_root, tmp_path, lr=1e36), tmp_path

@@ -15,6 +15,9 @@ import torch.nn.functional as F
 
 from helpers import fit_config, write_yaml
 from intrada_pl.cli import main
+from intrada_pl.errors import ConfigValueError
+from intrada_pl.models import DeepLabV2
+from intrada_pl.optim import SGD, AdamW, ReferenceSGD
 from intrada_pl.stages.inter import InterDomainModule
 from probes import StepRecorder
 
@@ -49,7 +52,7 @@ def bce(logits: torch.Tensor, label: float) -> torch.Tensor:
 @torch.no_grad()
 def test_losses_equal_a_hand_computation():
     torch.manual_seed(0)
-    module = InterDomainModule(depth=18).eval()
+    module = InterDomainModule(DeepLabV2(depth=18)).eval()
     source, target = fixed_batch()
     terms, source_logits = module.source_terms(source)
     target_terms, target_logits = module.target_terms(target)
@@ -81,7 +84,7 @@ def test_losses_equal_a_hand_computation():
 
 
 def test_discriminator_input_is_c_channel_self_information_at_input_resolution():
-    module = InterDomainModule(depth=18).eval()
+    module = InterDomainModule(DeepLabV2(depth=18)).eval()
     seen = []
     module.d_main.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach()))
     source, target = fixed_batch()
@@ -94,7 +97,7 @@ def test_discriminator_input_is_c_channel_self_information_at_input_resolution()
 
 
 def test_minent_has_no_discriminator_and_uses_entropy():
-    module = InterDomainModule(method="minent", depth=18).eval()
+    module = InterDomainModule(DeepLabV2(depth=18), method="minent").eval()
     assert not hasattr(module, "d_main")
     source, target = fixed_batch()
     with torch.no_grad():
@@ -103,29 +106,38 @@ def test_minent_has_no_discriminator_and_uses_entropy():
     expected = self_info(up(main_t, target["image"])).sum(1).mean()
     torch.testing.assert_close(terms["train/loss_ent_main"], expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="method"):
-        InterDomainModule(method="adventt", depth=18)
+        InterDomainModule(DeepLabV2(depth=18), method="adventt")
 
 
-def test_generator_optimizer_modes():
-    module = InterDomainModule(depth=101, lr=1.0)  # sgd_mode="reference" by default
-    groups = {g["name"]: g for g in module.generator_optimizer().param_groups}
+def test_generator_optimizer_components():
+    """The default ReferenceSGD lists the backbone as the reference did; SGD once each; AdamW by the
+    segmenter's groups; ReferenceSGD refuses a network without the reference's list."""
+    with torch.device("meta"):
+        module = InterDomainModule(DeepLabV2(depth=101), optimizer=ReferenceSGD(lr=1.0))
+    groups = {g["name"]: g for g in module.configure_optimizers()["optimizer"].optimizers[0].param_groups}
     assert list(groups) == ["backbone_x1", "backbone_x3", "backbone_x4", "heads"]
     assert {name: g["lr"] for name, g in groups.items()} == {"backbone_x1": 1.0, "backbone_x3": 1.0, "backbone_x4": 1.0, "heads": 10.0}
     assert len(groups["backbone_x1"]["params"]) == 1 and len(groups["backbone_x4"]["params"]) == 4  # stem conv; shortcut convs
     assert sum(len(g["params"]) * g["repeats"] for name, g in groups.items() if name != "heads") == 314  # the reference's entries
-    once = InterDomainModule(depth=101, lr=1.0, sgd_mode="once").generator_optimizer()
+    once = SGD(lr=1.0).build(module.model)
     assert type(once) is torch.optim.SGD
     assert {g["name"]: (g["lr"], len(g["params"])) for g in once.param_groups} == {"backbone": (1.0, 104), "heads": (10.0, 16)}
-    with pytest.raises(ValueError, match="sgd_mode"):
-        InterDomainModule(depth=18, sgd_mode="twice")
+    adamw = AdamW(lr=2.0, weight_decay=0.01).build(module.model)
+    assert {g["name"]: (g["lr"], g["weight_decay"]) for g in adamw.param_groups} == {"backbone": (2.0, 0.01), "heads": (20.0, 0.01)}
+
+    class NoReferenceList(DeepLabV2):
+        reference_param_repeats = None
+
+    with pytest.raises(ConfigValueError, match="ReferenceSGD replays the reference's DeepLabV2 parameter list"):
+        ReferenceSGD().build(NoReferenceList(depth=18))
 
 
 def fit_inter(toy_root, run_dir, iterations: int, recorder=None, **overrides) -> None:
     """``iterations`` ADVENT iterations (one joint optimiser step each) through the real CLI."""
-    config = fit_config(toy_root, run_dir, stage=INTER, schedule_steps=10)
+    trainer = overrides.pop("trainer", {})
+    config = fit_config(toy_root, run_dir, stage=INTER, **{"schedule_steps": 10, **overrides})
     config["trainer"]["max_steps"] = iterations
-    config["trainer"].update(overrides.pop("trainer", {}))
-    config["model"]["init_args"].update(overrides)
+    config["trainer"].update(trainer)
     run_dir.mkdir(parents=True, exist_ok=True)
     args = ["fit", "--config", write_yaml(run_dir / "fit.yaml", config)]
     if recorder is not None:

@@ -13,6 +13,7 @@ import yaml
 
 from helpers import eval_config, fit_config, write_yaml
 from intrada_pl.cli import main
+from intrada_pl.models import DeepLabV2
 from intrada_pl.data.datasets import Cityscapes
 from intrada_pl.io import write_png, write_text
 from intrada_pl.stages.intra import IntraDomainModule
@@ -69,7 +70,7 @@ def test_intra_with_nothing_hard_self_trains(toy_root, tmp_path):
 
 def test_intra_refuses_minent():
     with pytest.raises(ValueError, match="advent"):
-        IntraDomainModule(method="minent", depth=18)
+        IntraDomainModule(DeepLabV2(depth=18), method="minent")
 
 
 def test_pipeline_runs_links_and_skips_finished_stages(toy_root, tmp_path):
@@ -84,7 +85,7 @@ def test_pipeline_runs_links_and_skips_finished_stages(toy_root, tmp_path):
                 "name": "inter",
                 "command": "fit",
                 "config": write_yaml(tmp_path / "inter.yaml", inter),
-                "links": {"model.init_args.pretrained": "source_only.checkpoint"},
+                "links": {"model.init_args.segmenter.init_args.pretrained": "source_only.checkpoint"},
             },
         ],
         "test": {"config": write_yaml(tmp_path / "test.yaml", eval_config(toy_root)), "stages": ["source_only", "inter"]},
@@ -95,7 +96,7 @@ def test_pipeline_runs_links_and_skips_finished_stages(toy_root, tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     runs = tmp_path / "runs"
     resolved = yaml.safe_load((runs / "inter" / "stage_config.yaml").read_text())
-    assert resolved["model"]["init_args"]["pretrained"] == str(runs / "source_only" / "checkpoints" / "last.ckpt")
+    assert resolved["model"]["init_args"]["segmenter"]["init_args"]["pretrained"] == str(runs / "source_only" / "checkpoints" / "last.ckpt")
     assert (runs / "inter" / "checkpoints" / "last.ckpt").exists() and (runs / "inter" / "DONE").exists()
     rows = json.loads((runs / "summary.json").read_text())
     assert [r["stage"] for r in rows] == ["source_only", "inter"]
@@ -114,7 +115,7 @@ def test_pipeline_refuses_links_to_later_stages(tmp_path):
 
     spec = {
         "run_dir": str(tmp_path),
-        "stages": [{"name": "a", "command": "fit", "config": "x.yaml", "links": {"model.init_args.pretrained": "b.checkpoint"}}],
+        "stages": [{"name": "a", "command": "fit", "config": "x.yaml", "links": {"model.init_args.segmenter.init_args.pretrained": "b.checkpoint"}}],
         "test": {"config": str(REPO / "configs" / "test_cityscapes.yaml"), "stages": ["a"]},
     }
     with pytest.raises(ValueError, match="earlier stage"):

@@ -140,7 +140,7 @@ def test_parameter_groups_partition_trainable_params():
     model = meta_model(depth=18)
     for frozen in (False, True):
         if frozen:
-            model.freeze_bn_affine()
+            model.freeze_norm_affine()
         backbone, head = model.backbone_parameters(), model.head_parameters()
         ids_b, ids_h = {id(p) for p in backbone}, {id(p) for p in head}
         assert len(ids_b) == len(backbone) and len(ids_h) == len(head) == 16
@@ -152,7 +152,7 @@ def test_parameter_groups_partition_trainable_params():
 
 def test_reference_lr_multiplicity():
     model = meta_model()
-    model.freeze_bn_affine()
+    model.freeze_norm_affine()
     counts = reference_lr_multiplicity(model)
     assert sum(counts.values()) == 314 and len(counts) == 104
     assert counts["conv1.weight"] == 1

@@ -77,7 +77,7 @@ def pipeline_yaml(tmp_path: Path) -> str:
         "run_dir": str(tmp_path / "runs"),
         "stages": [
             {"name": "source", "command": "fit", "config": stage_yaml(tmp_path, "source")},
-            {"name": "inter", "command": "fit", "config": stage_yaml(tmp_path, "inter"), "links": {"model.init_args.pretrained": "source.checkpoint"}},
+            {"name": "inter", "command": "fit", "config": stage_yaml(tmp_path, "inter"), "links": {"model.init_args.segmenter.init_args.pretrained": "source.checkpoint"}},
             {"name": "rank", "command": "predict", "config": stage_yaml(tmp_path, "rank"), "checkpoint_from": "inter"},
             {"name": "other", "command": "fit", "config": stage_yaml(tmp_path, "other")},
         ],

@@ -194,7 +194,7 @@ def test_opencv_option_differs_and_is_selectable_from_the_cli(roots, tmp_path):
     init_args = {"source_root": str(roots / "GTA5"), "source_size": list(GTA_SIZE), "target_root": str(roots / "Cityscapes"),
                  "target_size": list(CITY_SIZE), "val_size": list(CITY_SIZE), "num_workers": 0}
     config = {
-        "model": {"class_path": "SegmentationModule", "init_args": {"depth": 18}},
+        "model": {"class_path": "SegmentationModule", "init_args": {"segmenter": {"class_path": "DeepLabV2", "init_args": {"depth": 18}}}},
         "data": {"class_path": "SourceTargetDataModule", "init_args": init_args},
     }
     path = write_yaml(tmp_path / "fit.yaml", config)

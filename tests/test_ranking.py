@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from intrada_pl.cli import main
+from intrada_pl.models import DeepLabV2
 from intrada_pl.data.datamodules import SplitDataModule, pseudo_label_path
 from intrada_pl.data.datasets import DatasetLayoutError, read_index_png
 from intrada_pl.stages import ranking
@@ -233,7 +234,7 @@ def ranked(toy_root, tmp_path_factory):
     """One `intrada predict` run (1 process, 1 thread, batch 1) and its checkpoint."""
     tmp = tmp_path_factory.mktemp("rank")
     torch.manual_seed(0)
-    ckpt = save_checkpoint(SegmentationModule(depth=18, preprocessing="imagenet"), tmp / "inter.ckpt")
+    ckpt = save_checkpoint(SegmentationModule(DeepLabV2(depth=18, preprocessing="imagenet")), tmp / "inter.ckpt")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each DDP process below: same kernels, same rounding
     try:

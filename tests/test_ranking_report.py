@@ -15,6 +15,7 @@ from test_ranking import SIZE, FixedLogits, rank_args, save_checkpoint
 from torch.utils.data import DataLoader
 
 from intrada_pl.cli import main
+from intrada_pl.models import DeepLabV2
 from intrada_pl.data.datamodules import TargetDataModule
 from intrada_pl.data.datasets import DatasetLayoutError
 from intrada_pl.data.toy import ranking_recall
@@ -189,7 +190,7 @@ def test_target_datamodule_labels_for_predict(toy_root, tmp_path):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
-    return save_checkpoint(SegmentationModule(depth=18, preprocessing="imagenet"), tmp_path_factory.mktemp("ckpt") / "inter.ckpt")
+    return save_checkpoint(SegmentationModule(DeepLabV2(depth=18, preprocessing="imagenet")), tmp_path_factory.mktemp("ckpt") / "inter.ckpt")
 
 
 def test_ranking_with_labels_writes_the_report(toy_root, checkpoint, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""ReferenceSGD against a literal transcription of PyTorch 0.4.1's SGD step over a duplicated list."""
+"""SGD041 (the ReferenceSGD optimiser) against a literal transcription of PyTorch 0.4.1's SGD step over a duplicated list."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from intrada_pl.cli import main
 from intrada_pl.models.deeplabv2 import BACKBONE_MODULES, reference_lr_multiplicity
 from intrada_pl.optim import PolyDecay
-from intrada_pl.reference_sgd import ReferenceSGD
+from intrada_pl.optim import SGD, ReferenceSGD, SGD041
+from intrada_pl.models import DeepLabV2
 from intrada_pl.stages.segmentation import SegmentationModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,8 +69,8 @@ def replay_groups(t: dict[str, torch.Tensor]) -> list[dict]:
     ]
 
 
-def poly_replay(t: dict[str, torch.Tensor]) -> tuple[ReferenceSGD, LambdaLR]:
-    optimizer = ReferenceSGD(replay_groups(t), lr=LR, momentum=MOMENTUM, weight_decay=WD)
+def poly_replay(t: dict[str, torch.Tensor]) -> tuple[SGD041, LambdaLR]:
+    optimizer = SGD041(replay_groups(t), lr=LR, momentum=MOMENTUM, weight_decay=WD)
     return optimizer, LambdaLR(optimizer, PolyDecay(TOTAL, POWER))
 
 
@@ -108,7 +109,7 @@ def test_repeats_are_not_k_separate_sgd_steps():
     first step, not 3 lr g (what today's SGD does with a duplicated list)."""
     p = torch.zeros(1, requires_grad=True)
     p.grad = torch.ones(1)
-    ReferenceSGD([{"params": [p], "repeats": 3}], lr=1.0, momentum=0.9).step()
+    SGD041([{"params": [p], "repeats": 3}], lr=1.0, momentum=0.9).step()
     torch.testing.assert_close(p.detach(), torch.tensor([-5.61]), rtol=1e-6, atol=0)
 
 
@@ -139,8 +140,8 @@ def test_grad_scaler_unscales_each_gradient_once():
     for t in (plain, scaled):
         for p in t.values():
             p.requires_grad_(True)
-    opt_plain = ReferenceSGD(replay_groups(plain), lr=LR, momentum=MOMENTUM, weight_decay=WD)
-    opt_scaled = ReferenceSGD(replay_groups(scaled), lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    opt_plain = SGD041(replay_groups(plain), lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    opt_scaled = SGD041(replay_groups(scaled), lr=LR, momentum=MOMENTUM, weight_decay=WD)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     for _ in range(2):
         sum((p**2).sum() for p in plain.values()).backward()
@@ -159,7 +160,7 @@ def test_once_repeats_equal_torch_sgd():
     ours, _ = small_problem()
     theirs, _ = small_problem()
     groups = [{"params": [ours["a"], ours["b"], ours["c"]]}, {"params": [ours["h"]], "lr": 10 * LR}]
-    optimizer = ReferenceSGD(groups, lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    optimizer = SGD041(groups, lr=LR, momentum=MOMENTUM, weight_decay=WD)
     groups = [{"params": [theirs["a"], theirs["b"], theirs["c"]]}, {"params": [theirs["h"]], "lr": 10 * LR}]
     sgd = torch.optim.SGD(groups, lr=LR, momentum=MOMENTUM, weight_decay=WD, foreach=False)
     for step in range(4):
@@ -178,9 +179,9 @@ def reference_generator_list(model) -> list[torch.nn.Parameter]:
 
 
 def test_deeplab_generator_optimizer_equals_041_on_the_reference_list():
-    module = SegmentationModule(depth=18, lr=LR)
-    assert module.hparams.sgd_mode == "reference"
-    optimizer = module.generator_optimizer()
+    module = SegmentationModule(DeepLabV2(depth=18), optimizer=ReferenceSGD(lr=LR))
+    assert module.hparams.optimizer["class_path"].endswith(".ReferenceSGD")
+    optimizer = module.configure_optimizers()["optimizer"]
     counts = reference_lr_multiplicity(module.model)
     names = {p: n for n, p in module.model.named_parameters()}
     repeats = {names[p]: g["repeats"] for g in optimizer.param_groups if g["name"] != "heads" for p in g["params"]}
@@ -197,7 +198,7 @@ def test_deeplab_generator_optimizer_equals_041_on_the_reference_list():
         reference_poly_lrs(listed, LR, step)
         set_grads(list(reference.parameters()), step)
         set_grads(list(module.model.parameters()), step)
-        sgd_041_step(listed, state, MOMENTUM, module.hparams.weight_decay)
+        sgd_041_step(listed, state, MOMENTUM, module.optimizer_factory.weight_decay)
         optimizer.step()
         scheduler.step()
     ours = dict(module.model.named_parameters())
@@ -205,9 +206,9 @@ def test_deeplab_generator_optimizer_equals_041_on_the_reference_list():
         assert torch.equal(ours[name], value), name
 
 
-def test_once_mode_is_torch_sgd():
-    module = SegmentationModule(depth=18, lr=LR, sgd_mode="once")
-    optimizer = module.generator_optimizer()
+def test_plain_sgd_is_torch_sgd():
+    module = SegmentationModule(DeepLabV2(depth=18), optimizer=SGD(lr=LR))
+    optimizer = module.configure_optimizers()["optimizer"]
     assert type(optimizer) is torch.optim.SGD
     backbone, heads = optimizer.param_groups
     assert backbone["params"] == module.model.backbone_parameters() and backbone["lr"] == LR
@@ -216,17 +217,16 @@ def test_once_mode_is_torch_sgd():
 
 
 def test_trainable_bn_is_listed_as_the_reference_generator_would():
-    module = SegmentationModule(depth=18, bn="trainable")
+    module = SegmentationModule(DeepLabV2(depth=18), bn="trainable")
     names = {p: n for n, p in module.model.named_parameters()}
-    repeats = {names[p]: g["repeats"] for g in module.generator_optimizer().param_groups if g["name"] != "heads" for p in g["params"]}
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    repeats = {names[p]: g["repeats"] for g in groups if g["name"] != "heads" for p in g["params"]}
     assert repeats["bn1.weight"] == 1 and repeats["layer1.0.bn1.bias"] == 3 and repeats["layer2.0.downsample.1.weight"] == 4
 
 
-def test_bad_repeats_and_mode_are_rejected():
+def test_bad_repeats_are_rejected():
     with pytest.raises(ValueError, match="repeats"):
-        ReferenceSGD([{"params": [torch.zeros(1)], "repeats": 0}], lr=0.1)
-    with pytest.raises(ValueError, match="sgd_mode"):
-        SegmentationModule(depth=18, sgd_mode="twice")
+        SGD041([{"params": [torch.zeros(1)], "repeats": 0}], lr=0.1)
 
 
 PUBLISHED = ("inter_gta5", "inter_synthia", "inter_synscapes", "minent_gta5", "intra_gta5", "intra_synthia")
@@ -234,12 +234,14 @@ PUBLISHED = ("inter_gta5", "inter_synthia", "inter_synscapes", "minent_gta5", "i
 
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_published_configs_set_reference_sgd(name, capsys):
+    """The paper configs name the 0.4.1 replay; --print_config shows it with every setting, and the
+    command line replaces it."""
     config = REPO / "configs" / f"{name}.yaml"
-    assert yaml.safe_load(config.read_text())["model"]["init_args"]["sgd_mode"] == "reference"
+    assert yaml.safe_load(config.read_text())["model"]["init_args"]["optimizer"]["class_path"] == "intrada_pl.optim.ReferenceSGD"
     key = "source_root" if name.startswith(("inter", "minent")) else "root"
-    for extra, shown in (([], "reference"), (["--model.init_args.sgd_mode", "once"], "once")):
+    for extra, shown in (([], "ReferenceSGD"), (["--model.init_args.optimizer", "intrada_pl.optim.AdamW"], "AdamW")):
         with pytest.raises(SystemExit) as exit_info:
             main(["fit", "--config", str(config), f"--data.{key}", "/x", *extra, "--print_config"])
         assert exit_info.value.code in (0, None)
-        printed = yaml.safe_load(capsys.readouterr().out)
-        assert printed["model"]["init_args"]["sgd_mode"] == shown
+        optimizer = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["optimizer"]
+        assert optimizer["class_path"].endswith(shown) and "weight_decay" in optimizer["init_args"]

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from intrada_pl.checkpoints import load_segmenter
+from helpers import stage_args
 from intrada_pl.cli import main, run
-from intrada_pl.models.deeplabv2 import DeepLabV2
+from intrada_pl.models import DeepLabV2, load_segmenter
+from intrada_pl.optim import Poly
 from intrada_pl.models.weights import CheckpointMismatchError, load_pretrained, read_state_dict
 from intrada_pl.stages.calibration import CalibrationModule
 from intrada_pl.stages.segmentation import SegmentationModule
@@ -43,7 +44,7 @@ def released(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ours(released):
     """The released weights in our Lightning checkpoint format (hyperparameters as `intrada fit` writes them)."""
-    module = SegmentationModule(depth=18)
+    module = SegmentationModule(DeepLabV2(depth=18))
     module.model.load_state_dict(torch.load(released, weights_only=True))
     return save_checkpoint(module, released.with_name("inter.ckpt"))
 
@@ -87,11 +88,10 @@ def test_test_gives_the_same_miou_for_both_files(released, ours, toy_root, tmp_p
 
 def test_calibration_starts_from_the_released_weights(released, toy_root, tmp_path):
     config = fit_config(toy_root, tmp_path, stage=CALIBRATION, init_ckpt=str(released), hidden_dim=16, warmup_steps=0)
-    del config["model"]["init_args"]["depth"]  # read off the weights
     config["trainer"]["max_steps"] = 2
     main(["fit", "--config", write_yaml(tmp_path / "calib.yaml", config)])
     model, info = load_segmenter(tmp_path / "checkpoints" / "last.ckpt")
-    assert info["calibration"] == "instcal_u" and info["depth"] == 18 and info["preprocessing"] == "caffe_bgr"
+    assert info.calibration == "instcal_u" and model.depth == 18 and info.preprocessing == "caffe_bgr"  # read off the weights
     calibrated, theirs = model.state_dict(), read_state_dict(released)
     assert any("strength" in k for k in set(calibrated) - set(theirs))  # the learned strengths come on top
     kept = [k for k in theirs if not k.endswith("num_batches_tracked")]  # not a CalibratedBatchNorm buffer
@@ -110,7 +110,7 @@ def test_validate_takes_the_released_file_too(released, ours, toy_root, tmp_path
 def test_pretrained_warns_about_other_preprocessing_and_refuses_a_calibrated_checkpoint(released, tmp_path):
     with pytest.warns(UserWarning, match="preprocessing='caffe_bgr'"):
         load_pretrained(DeepLabV2(19, depth=18, preprocessing="imagenet"), released)
-    module = CalibrationModule(str(released), schedule_steps=1)
+    module = CalibrationModule(str(released), lr_scheduler=Poly(1))
     path = tmp_path / "calibrated.ckpt"
     torch.save({"pytorch-lightning_version": L.__version__, "state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
     with pytest.raises(CheckpointMismatchError, match="instcal_u calibration checkpoint"):
@@ -138,7 +138,6 @@ def _bad_file(kind: str, directory, released) -> str:
 def _commands(path: str, toy_root, tmp_path) -> dict[str, list[str]]:
     fit = fit_config(toy_root, tmp_path, pretrained=path)
     calib = fit_config(toy_root, tmp_path, stage=CALIBRATION, init_ckpt=path)
-    del calib["model"]["init_args"]["depth"]
     return {
         "rank": rank_args(toy_root, path, tmp_path / "rank"),
         "test": ["test", "--config", write_yaml(tmp_path / "test.yaml", eval_config(toy_root)), "--ckpt", path],
@@ -178,4 +177,4 @@ def test_every_command_refuses_a_file_that_is_no_checkpoint(command, released, t
 def test_fit_ckpt_path_points_a_state_dict_to_pretrained(released, toy_root, tmp_path, monkeypatch, capsys):
     config = write_yaml(tmp_path / "fit.yaml", fit_config(toy_root, tmp_path))
     err = _console(monkeypatch, capsys, ["fit", "--config", config, "--ckpt_path", str(released)])
-    assert str(released) in err and f"--model.init_args.pretrained {released}" in err
+    assert str(released) in err and f"--model.init_args.segmenter.init_args.pretrained {released}" in err

@@ -11,7 +11,8 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from intrada_pl.data.datamodules import SourceTargetDataModule
-from intrada_pl.optim import PolyDecay
+from intrada_pl.models import DeepLabV2
+from intrada_pl.optim import Adam, Poly, PolyDecay, ReferenceSGD
 from intrada_pl.stages.calibration import CalibrationModule
 from intrada_pl.stages.segmentation import SegmentationModule
 
@@ -54,7 +55,7 @@ def test_no_warmup_is_the_plain_poly_law():
 
 def test_segmentation_stages_keep_plain_poly():
     """ADVENT / IntraDA stages (SegmentationModule.poly, also used by the inter stage) have no warm-up."""
-    module = SegmentationModule(depth=18, lr=0.01, schedule_steps=10)
+    module = SegmentationModule(DeepLabV2(depth=18), ReferenceSGD(lr=0.01), Poly(10))
     scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
     decay = scheduler.lr_lambdas[0]
     assert decay.warmup_steps == 0
@@ -107,7 +108,7 @@ class _LrRecorder(L.Callback):
 def plain_ckpt(tmp_path_factory):
     """An untrained depth-18 segmentation checkpoint: the schedule does not care about the weights."""
     path = tmp_path_factory.mktemp("plain") / "plain.ckpt"
-    module = SegmentationModule(depth=18, preprocessing="imagenet")
+    module = SegmentationModule(DeepLabV2(depth=18, preprocessing="imagenet"))
     torch.save({"pytorch-lightning_version": L.__version__, "state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
     return path
 
@@ -129,9 +130,9 @@ def _fit(module, toy_root, root, max_steps: int, ckpt_path=None) -> tuple[L.Trai
 def test_calibration_runs_warmup_poly_by_step_and_resumes_it(plain_ckpt, toy_root, tmp_path):
     """Step k trains with lr x factor(k) (Detectron2 steps its scheduler after each iteration), and a
     checkpoint carries the schedule on: the resumed steps continue the same law."""
-    args = dict(augmentations=["randaugment"], lr=0.1, schedule_steps=8, warmup_steps=4, warmup_factor=0.1)
+    args = dict(augmentations=["randaugment"], optimizer=Adam(lr=0.1), lr_scheduler=Poly(8, warmup_steps=4, warmup_factor=0.1))
     expected = [0.1 * detectron2_warmup_poly(k, 8, 4, 0.1) for k in range(9)]
-    assert CalibrationModule(str(plain_ckpt)).hparams.warmup_steps == 1000  # the reference's default
+    assert CalibrationModule(str(plain_ckpt)).hparams.lr_scheduler["init_args"]["warmup_steps"] == 1000  # the reference's default
 
     L.seed_everything(0)
     trainer, recorder = _fit(CalibrationModule(str(plain_ckpt), **args), toy_root, tmp_path, max_steps=6)
@@ -145,6 +146,6 @@ def test_calibration_runs_warmup_poly_by_step_and_resumes_it(plain_ckpt, toy_roo
 
 
 def test_calibration_without_warmup_is_the_base_stage_poly(plain_ckpt):
-    module = CalibrationModule(str(plain_ckpt), lr=0.1, schedule_steps=8, warmup_steps=0)
+    module = CalibrationModule(str(plain_ckpt), optimizer=Adam(lr=0.1), lr_scheduler=Poly(8))
     decay = module.configure_optimizers()["lr_scheduler"]["scheduler"].lr_lambdas[0]
     assert [decay(k) for k in range(10)] == [PolyDecay(8, 0.9)(k) for k in range(10)]

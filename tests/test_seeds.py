@@ -118,7 +118,7 @@ def pipeline_yaml(tmp_path: Path, **extra) -> Path:
         **extra,
         "stages": [
             {"name": "source_only", "command": "fit", "config": stage},
-            {"name": "inter", "command": "fit", "config": stage, "links": {"model.init_args.pretrained": "source_only.checkpoint"}},
+            {"name": "inter", "command": "fit", "config": stage, "links": {"model.init_args.segmenter.init_args.pretrained": "source_only.checkpoint"}},
         ],
         "test": {"config": write_yaml(tmp_path / "test.yaml", {"data": {"root": "x"}}), "stages": ["source_only", "inter"]},
     }
@@ -138,7 +138,7 @@ def test_two_seeds_run_every_stage_per_seed_and_summarise(tmp_path, fake, capsys
             assert resolved["trainer"]["default_root_dir"] == str(runs / f"seed_{seed}" / name)
             assert (runs / f"seed_{seed}" / name / "DONE").is_file()
         inter = yaml.safe_load((runs / f"seed_{seed}" / "inter" / "stage_config.yaml").read_text())
-        assert inter["model"]["init_args"]["pretrained"] == str(runs / f"seed_{seed}" / "source_only" / "checkpoints" / "last.ckpt")
+        assert inter["model"]["init_args"]["segmenter"]["init_args"]["pretrained"] == str(runs / f"seed_{seed}" / "source_only" / "checkpoints" / "last.ckpt")
         assert [r["stage"] for r in json.loads((runs / f"seed_{seed}" / "summary.json").read_text())] == ["source_only", "inter"]
     assert not (runs / "source_only").exists() and sorted(runs.glob(f"**/{LOCK_FILE}")) == [runs / LOCK_FILE]
 

@@ -16,7 +16,13 @@ from intrada_pl.cli import main
 from intrada_pl.data import layouts
 from intrada_pl.models.bn_calibration import CalibratedBatchNorm, convert_batchnorm
 from intrada_pl.stages.evaluation import PixelCalibrationError
+from intrada_pl.models import SegmenterInfo
 from intrada_pl.stages.tta import Tent, MethodSpec, build_test_methods, restore_batchnorm
+
+
+def released(path: str) -> SegmenterInfo:
+    """What the factory says of an uncalibrated released file."""
+    return SegmenterInfo(path, "release", {"class_path": "DeepLabV2", "init_args": {}}, None, ("19",), None)
 
 from helpers import trained_segmenter as _segmenter
 
@@ -97,7 +103,7 @@ def test_manual_zero_is_plain_bn_and_per_image_methods_ignore_the_batch():
     with torch.no_grad():
         plain = model(x)[1]
         methods = [MethodSpec.parse(s) for s in ("none", "manual@0", "bn_adapt")]
-        none, manual0, adapt = build_test_methods(model, {"path": "m.pth", "calibration": None}, methods)
+        none, manual0, adapt = build_test_methods(model, released("m.pth"), methods)
         assert torch.equal(none(x)[1], plain) and torch.equal(manual0(x)[1], plain)
         # equal up to float32 rounding: oneDNN picks other convolution kernels for another batch
         # size, and 18 per-image normalisations carry their last-bit differences (~1e-5 here on AMD)
@@ -106,7 +112,7 @@ def test_manual_zero_is_plain_bn_and_per_image_methods_ignore_the_batch():
 
 def test_learned_method_needs_a_calibration_checkpoint():
     with pytest.raises(ValueError, match="calibrated with instcal_u"):
-        build_test_methods(_segmenter(), {"path": "src.pth", "calibration": None}, [MethodSpec.parse("instcal_u")])
+        build_test_methods(_segmenter(), released("src.pth"), [MethodSpec.parse("instcal_u")])
 
 
 def test_pixel_ece_matches_torchmetrics():

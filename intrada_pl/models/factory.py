@@ -39,6 +39,7 @@ from intrada_pl.models.weights import (
 CALIBRATION_OPTIONS = ("init_strength", "num_basis", "hidden_dim", "condition")
 # The flat hyper-parameters of a DeepLabV2 stage checkpoint written before ``segmenter:`` existed.
 LEGACY_DEEPLAB_KEYS = ("num_classes", "depth", "multi_level", "preprocessing", "pretrained", "head_lr_mult")
+DEEPLAB_MAIN_HEAD = "layer6.conv2d_list.0.weight"
 
 
 @dataclass(frozen=True)
@@ -128,4 +129,6 @@ def _deeplab_spec(init_args: Mapping[str, Any]) -> dict[str, Any]:
 def release_spec(state: Mapping[str, Tensor], source: str) -> dict[str, Any]:
     """The network a released state dict fits, recognised by its keys (the released ADVENT / IntraDA
     DeepLabV2 files expect ``caffe_bgr`` input, the pre-processing they were trained with)."""
+    if DEEPLAB_MAIN_HEAD not in state:
+        raise CheckpointMismatchError(f"{source} holds no segmentation network this package knows (no {DEEPLAB_MAIN_HEAD}); expected {ACCEPTED_CHECKPOINTS}")
     return _deeplab_spec({**infer_architecture(state, source), "preprocessing": "caffe_bgr"})

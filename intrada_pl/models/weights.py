@@ -37,8 +37,12 @@ ACCEPTED_CHECKPOINTS = (
 )
 
 
-def read_checkpoint(path: str | Path) -> Mapping:
+def read_checkpoint(path: str | Path, mmap: bool = False) -> Mapping:
     """The object saved in ``path``, loaded onto the CPU with ``weights_only=True``.
+
+    ``mmap``: map the tensors' data instead of reading it (to look at a checkpoint's keys and
+    hyper-parameters before Lightning loads it: the file is read once); files in the legacy
+    format (PyTorch <= 1.5, e.g. the released 0.4.1 models) cannot be mapped and are read.
 
     ``torch.load`` fails on a file that is not a checkpoint (text, an image, a truncated download)
     with whatever its unpickler trips over (UnpicklingError, RuntimeError, KeyError, IndexError,
@@ -47,9 +51,14 @@ def read_checkpoint(path: str | Path) -> Mapping:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"checkpoint not found: {path}" + (" (a directory, not a file)" if path.is_dir() else ""))
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            blob = torch.load(path, map_location="cpu", weights_only=True)  # legacy format: no mmap
     except Exception as error:  # whatever the unpickler tripped over, the file is not a checkpoint
         raise CheckpointMismatchError(
             f"{path} is not a readable PyTorch checkpoint (torch.load raised {type(error).__name__}: a truncated or "
@@ -66,9 +75,14 @@ def is_lightning_checkpoint(blob: Mapping) -> bool:
 
 
 def saved_preprocessing(blob: Mapping) -> str:
-    """The input pre-processing a loaded file's weights expect: our checkpoints record it, the
-    reference's state dicts were trained on ``caffe_bgr`` input."""
-    return (blob.get("hyper_parameters") or {}).get("preprocessing", "caffe_bgr")
+    """The input pre-processing a loaded file's weights expect: our checkpoints record it (in the
+    ``segmenter`` block, or flat in earlier versions), the reference's state dicts were trained on
+    ``caffe_bgr`` input."""
+    hparams = blob.get("hyper_parameters") or {}
+    segmenter = hparams.get("segmenter")
+    if isinstance(segmenter, Mapping):
+        hparams = segmenter.get("init_args") or {}
+    return hparams.get("preprocessing", "caffe_bgr")
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:

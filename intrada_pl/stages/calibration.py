@@ -11,7 +11,6 @@ model from it alone.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -21,11 +20,9 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from intrada_pl.checkpoints import load_segmenter
 from intrada_pl.data.strong_augment import StrongAugment
 from intrada_pl.io import write_json
 from intrada_pl.models.bn_calibration import (
-    calibration_parameters,
     convert_batchnorm,
     freeze_all_but_calibration,
     learned_strengths,
@@ -33,7 +30,8 @@ from intrada_pl.models.bn_calibration import (
     record_strengths,
     strength_table,
 )
-from intrada_pl.optim import poly_scheduler
+from intrada_pl.models.factory import load_segmenter
+from intrada_pl.optim import Adam, OptimizerFactory, Poly
 from intrada_pl.stages.segmentation import SegmentationModule
 
 
@@ -49,11 +47,10 @@ class CalibrationModule(SegmentationModule):
             (``randaugment``, ``augmix``, ``deepaugment``, ``noise2net``, ``cae``);
             ``p_clean`` keeps an image clean; ``deepaugment_weights`` is a local CAE weight
             file (without it ``deepaugment`` is the weight-free Noise2Net).
-        lr, poly_power, schedule_steps, lambda_seg_main, lambda_seg_aux: as the base stage
-            (reference: Adam 2.5e-3, poly against 90k steps, main + 0.1 aux).
-        warmup_steps, warmup_factor: the linear warm-up of the reference's Detectron2
-            WarmupPolyLR (its defaults: 1000 steps from 0.001 x ``lr``, inside the poly
-            schedule, :class:`~intrada_pl.optim.PolyDecay`); ``warmup_steps=0``: plain poly.
+        optimizer: over the calibration parameters only (the reference: Adam 2.5e-3, no weight decay).
+        lr_scheduler: the reference's Detectron2 WarmupPolyLR (poly 0.9 against 90k steps, 1000
+            warm-up steps from 0.001 x lr; :class:`~intrada_pl.optim.Poly`); ``warmup_steps: 0``: plain poly.
+        lambda_seg_main, lambda_seg_aux: the supervised objective of the base stage (main + 0.1 aux).
     """
 
     def __init__(
@@ -67,50 +64,25 @@ class CalibrationModule(SegmentationModule):
         augmentations: Sequence[str] = ("randaugment", "augmix", "deepaugment"),
         p_clean: float = 0.0,
         deepaugment_weights: str | None = None,
-        lr: float = 2.5e-3,
-        poly_power: float = 0.9,
-        schedule_steps: int = 90_000,
-        warmup_steps: int = 1000,
-        warmup_factor: float = 0.001,
+        optimizer: OptimizerFactory = Adam(lr=2.5e-3, weight_decay=0.0),
+        lr_scheduler: Poly = Poly(total_steps=90_000, power=0.9, warmup_steps=1000, warmup_factor=0.001),
         lambda_seg_main: float = 1.0,
         lambda_seg_aux: float = 0.1,
         num_classes: int = 19,
         eval_subsets: Sequence[str] | None = None,
         channels_last: bool = False,
     ) -> None:
-        source, info = load_segmenter(init_ckpt, num_classes)
-        if info["calibration"] is not None:
-            raise ValueError(f"{init_ckpt} is already calibrated ({info['calibration']}); start from a segmentation checkpoint")
-        base_args = dict(
-            num_classes=num_classes,
-            depth=info["depth"],
-            multi_level=info["multi_level"],
-            preprocessing=info["preprocessing"],
-            lr=lr,
-            poly_power=poly_power,
-            schedule_steps=schedule_steps,
-            lambda_seg_main=lambda_seg_main,
-            lambda_seg_aux=lambda_seg_aux,
-            eval_subsets=eval_subsets or info["eval_subsets"],
+        segmenter, info = load_segmenter(init_ckpt, num_classes)
+        if info.calibration is not None:
+            raise ValueError(f"{init_ckpt} is already calibrated ({info.calibration}); start from a segmentation checkpoint")
+        rank_zero_info(str(convert_batchnorm(
+            segmenter, calibration, init_strength=init_strength, num_basis=num_basis, hidden_dim=hidden_dim, condition=condition
+        )))
+        freeze_all_but_calibration(segmenter)
+        super().__init__(
+            segmenter, optimizer, lr_scheduler, lambda_seg_main=lambda_seg_main, lambda_seg_aux=lambda_seg_aux,
+            eval_subsets=eval_subsets or info.eval_subsets, channels_last=channels_last,
         )
-        super().__init__(**base_args)
-        # LightningCLI records only this class's own arguments as hyperparameters: add the base
-        # stage's (the architecture and pre-processing make the checkpoint self-describing, the
-        # inherited methods read the rest) and the resolved eval subsets.
-        base_defaults = {
-            name: param.default
-            for name, param in inspect.signature(SegmentationModule.__init__).parameters.items()
-            if param.default is not inspect.Parameter.empty
-        }
-        for key, value in {**base_defaults, **base_args}.items():
-            self.hparams.setdefault(key, value)
-        self.hparams["eval_subsets"] = self.eval_subsets
-        report = convert_batchnorm(
-            source, calibration, init_strength=init_strength, num_basis=num_basis, hidden_dim=hidden_dim, condition=condition
-        )
-        rank_zero_info(str(report))
-        freeze_all_but_calibration(source)
-        self.model = source.to(memory_format=torch.channels_last) if channels_last else source
         self.augment = StrongAugment(augmentations, p_clean=p_clean, deepaugment_weights=deepaugment_weights)
         self._strength_sums: dict[str, dict[str, Tensor]] = {}
         self._strength_count = 0
@@ -128,12 +100,6 @@ class CalibrationModule(SegmentationModule):
         counts = self.augment.choice_counts()
         self.log_dict({f"train/augment/{op}": float(n) / len(images) for op, n in counts.items()})
         return loss
-
-    def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        optimizer = torch.optim.Adam(calibration_parameters(self.model), lr=hp.lr, weight_decay=0.0)
-        schedule = poly_scheduler(optimizer, hp.schedule_steps, hp.poly_power, hp.warmup_steps, hp.warmup_factor)
-        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     # --------------------------------------------------------------------- strength analysis
     def on_validation_epoch_start(self) -> None:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from intrada_pl.checkpoints import load_segmenter
+from intrada_pl.models.factory import load_segmenter
 from intrada_pl.data.datamodules import TargetDataModule
 from intrada_pl.data.datasets import resize_nearest
 from intrada_pl.data.labels import CLASS_NAMES, IGNORE_INDEX, TRAIN_ID_TO_ID_LUT, colorize
@@ -287,7 +287,7 @@ class Evaluator(SegmentationEvalModule):
         if len(set(names)) != len(names):
             raise ConfigValueError(f"a test-time method is listed twice (--calibration, --strengths): {names}")
         loaded = [load_segmenter(path, num_classes) for path in checkpoints]
-        subsets = eval_subsets or loaded[0][1]["eval_subsets"]
+        subsets = eval_subsets or loaded[0][1].eval_subsets
         super().__init__(num_classes, subsets)
         self.save_hyperparameters()
         self.methods = methods
@@ -339,7 +339,7 @@ class Evaluator(SegmentationEvalModule):
         return [
             [
                 target_statistics(
-                    switch.model, info["path"], part.hparams, split=hp.adabn_split, max_images=hp.adabn_max_images,
+                    switch.model, info.path, part.hparams, split=hp.adabn_split, max_images=hp.adabn_max_images,
                     batch_size=hp.adabn_batch_size, cache_dir=hp.adabn_cache, recompute=hp.adabn_recompute, device=self.device,
                 )
                 for switch, info in zip(column, self.checkpoint_info)
@@ -429,7 +429,7 @@ class Evaluator(SegmentationEvalModule):
         if not self.trainer.is_global_zero:
             return
         metrics: dict[str, Any] = {
-            "checkpoints": [info["path"] for info in self.checkpoint_info],
+            "checkpoints": [info.path for info in self.checkpoint_info],
             "methods": [m.name for m in self.methods],
             "targets": self.target_names,
             "results": results,

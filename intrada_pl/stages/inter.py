@@ -10,9 +10,10 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
 
-from intrada_pl.joint_optimizer import JointOptimizer
 from intrada_pl.losses import adversarial_loss, entropy_loss, self_information, upsample
 from intrada_pl.models.discriminator import FCDiscriminator
+from intrada_pl.models.segmenter import Segmenter
+from intrada_pl.optim import JointOptimizer
 from intrada_pl.stages.segmentation import SegmentationModule
 
 SOURCE, TARGET = 0.0, 1.0  # domain labels of the reference
@@ -34,6 +35,7 @@ class InterDomainModule(SegmentationModule):
 
     def __init__(
         self,
+        segmenter: Segmenter,
         method: Literal["advent", "minent"] = "advent",
         lambda_adv_main: float = 0.001,
         lambda_adv_aux: float = 0.0002,
@@ -44,15 +46,15 @@ class InterDomainModule(SegmentationModule):
         ndf: int = 64,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(segmenter, **kwargs)
         self.automatic_optimization = False
         if method not in ("advent", "minent"):
             raise ValueError(f"method must be 'advent' or 'minent', got {method!r}")
-        self.levels = LEVELS if self.hparams.multi_level else ("main",)
+        self.levels = LEVELS if self.model.multi_level else ("main",)
         if method == "advent":
-            num_classes = self.hparams.num_classes
+            num_classes = self.model.num_classes
             self.d_main = FCDiscriminator(num_classes, ndf)
-            if self.hparams.multi_level:
+            if self.model.multi_level:
                 self.d_aux = FCDiscriminator(num_classes, ndf)
 
     def setup(self, stage: str) -> None:
@@ -174,8 +176,8 @@ class InterDomainModule(SegmentationModule):
         """The generator's SGD and (ADVENT) one Adam per discriminator, stepped as one
         :class:`JointOptimizer` on one poly schedule, so that one iteration is one step."""
         hp = self.hparams
-        members = [self.generator_optimizer()]
+        members = [self.optimizer_factory.build(self.model)]
         for level, d in zip(self.levels, self.discriminators()):
             members.append(torch.optim.Adam([{"params": d.parameters(), "name": f"d_{level}"}], lr=hp.lr_d, betas=tuple(hp.betas_d)))
         optimizer = JointOptimizer(members)
-        return {"optimizer": optimizer, "lr_scheduler": self.poly(optimizer)}
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_schedule.build(optimizer)}

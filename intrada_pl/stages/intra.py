@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from intrada_pl.models.segmenter import Segmenter
 from intrada_pl.stages.inter import InterDomainModule
 
 
@@ -13,12 +14,12 @@ class IntraDomainModule(InterDomainModule):
     unlabelled side (``SplitDataModule`` feeds ``{"source": easy, "target": hard}``). New
     discriminators, the same losses, weights, optimisers and schedules.
 
-    Initialisation comes from ``pretrained``: the ImageNet init file, as the reference (its
-    author found restarting from the inter-domain model no better), or the stage-1 checkpoint
-    (``pretrained: runs/.../last.ckpt``) as an option.
+    Initialisation comes from the segmenter's ``pretrained``: the ImageNet init file, as the
+    reference (its author found restarting from the inter-domain model no better), or the stage-1
+    checkpoint (``pretrained: runs/.../last.ckpt``) as an option.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, segmenter: Segmenter, **kwargs: Any) -> None:
         if kwargs.get("method", "advent") != "advent":
             raise ValueError("IntraDA aligns hard to easy adversarially: method must be 'advent'")
-        super().__init__(**kwargs)
+        super().__init__(segmenter, **kwargs)

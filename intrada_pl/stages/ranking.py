@@ -336,7 +336,7 @@ class RankingCallback(Callback):
         # trainer.log_dir is a collective under DDP: every rank must read it
         self.directory = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir) / "ranking"
         self.results, self.strips = {}, {}
-        self.checkpoint = trainer.ckpt_path or getattr(pl_module, "weights_file", None)  # a .pth is loaded by the CLI
+        self.checkpoint = trainer.ckpt_path or pl_module.initial_weights  # a released .pth: the network's initial weights
         self.known_hard = None if self.hard_list is None else read_name_list(self.hard_list)  # before hours of scoring
         self.subset = getattr(pl_module, "eval_subsets", ("19",))[0]
         self.show_examples = self.examples > 0 and any(isinstance(logger, WandbLogger) for logger in trainer.loggers)

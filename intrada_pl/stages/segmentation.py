@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
@@ -14,13 +14,10 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from intrada_pl.data.labels import EVAL_SUBSETS, IGNORE_INDEX
 from intrada_pl.losses import segmentation_loss, upsample
 from intrada_pl.metrics import iou_report
-from intrada_pl.models.deeplabv2 import DeepLabV2, reference_lr_multiplicity
-from intrada_pl.models.weights import load_pretrained
-from intrada_pl.optim import poly_scheduler
-from intrada_pl.reference_sgd import ReferenceSGD
+from intrada_pl.models.segmenter import Segmenter
+from intrada_pl.optim import OptimizerFactory, Poly, ReferenceSGD
 
 BNMode = Literal["reference", "frozen", "trainable"]
-SGDMode = Literal["reference", "once"]
 
 
 class SegmentationEvalModule(L.LightningModule):
@@ -37,6 +34,11 @@ class SegmentationEvalModule(L.LightningModule):
             raise ValueError(f"unknown eval subsets {sorted(unknown)}; choose from {sorted(EVAL_SUBSETS)}")
         self.eval_subsets = tuple(eval_subsets)
         self.confmat = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
+
+    @property
+    def initial_weights(self) -> str | None:
+        """The weight file the network started from, if any (what a ranking names when no checkpoint was given)."""
+        return None
 
     def score_batch(self, batch: dict) -> Tensor:
         """Accumulate one batch into the confusion matrix and return its full-resolution logits."""
@@ -68,65 +70,67 @@ class SegmentationEvalModule(L.LightningModule):
 
 
 class SegmentationModule(SegmentationEvalModule):
-    """Source-only DeepLabv2 training (ADVENT's optimiser and schedule); every adaptation stage
-    extends it, so they share the model factory, the optimiser and the evaluation.
+    """Source-only training of any segmenter; every adaptation stage extends it, so they share the
+    supervised objective, the optimiser and the evaluation.
 
-    ``bn``: ``reference`` freezes the BN affine parameters but keeps batch statistics in
-    training, as the reference code does; ``frozen`` also uses the running statistics while
-    training; ``trainable`` trains everything.
-
-    ``sgd_mode``: ``reference`` steps the generator as the reference did: its optimiser lists
-    backbone parameters 1, 3 or 4 times (REFERENCE A1) and PyTorch 0.4.1 updated them once per
-    listed entry (:class:`~intrada_pl.reference_sgd.ReferenceSGD` replays that exactly; long-run
-    effective rate ~3-4x ``lr``, weight decay ~6-10x). ``once``: plain SGD, each parameter once
-    at ``lr``, the heads at ``head_lr_mult * lr``. With ``bn: trainable`` the reference mode lists
-    the BN affine parameters as the reference's generator would have (1x stem, 3x blocks, 4x
-    shortcuts); the reference itself never trains them.
-
-    ``sync_bn_stats``: under DDP, BN running statistics (updated from each rank's own batch) are
-    averaged across ranks after every step, so every rank holds, and checkpoints store, the same
-    model. One all-reduce of ~0.1M floats per step.
-
-    ``check_finite``: a non-finite loss term stops training before its optimiser step, and a
-    checkpoint whose weights or buffers are not all finite is never written (a step can blow the
-    weights up while its loss is still finite): training stops with an error instead.
+    Args:
+        segmenter: the network (``segmenter: {class_path: intrada_pl.models.DeepLabV2, init_args: ...}``);
+            its ``pretrained`` weights are loaded when training starts.
+        optimizer: the generator's optimiser (:mod:`intrada_pl.optim`): ``ReferenceSGD`` (default: SGD
+            as PyTorch 0.4.1 ran it over the reference's parameter list), ``SGD`` or ``AdamW``; the
+            learning-rate and weight-decay multipliers come from the segmenter's parameter groups.
+        lr_scheduler: the schedule (:class:`~intrada_pl.optim.Poly`: ADVENT's poly law against 250k
+            steps by default, optional warm-up).
+        bn: ``reference`` freezes the BN affine parameters but keeps batch statistics in training,
+            as the reference code does; ``frozen`` also uses the running statistics while training;
+            ``trainable`` trains everything.
+        lambda_seg_main, lambda_seg_aux: weights of the main and auxiliary cross-entropy.
+        sync_bn_stats: under DDP, BN running statistics (updated from each rank's own batch) are
+            averaged across ranks after every step, so every rank holds, and checkpoints store, the
+            same model. One all-reduce of ~0.1M floats per step.
+        check_finite: a non-finite loss term stops training before its optimiser step, and a
+            checkpoint whose weights or buffers are not all finite is never written (a step can blow
+            the weights up while its loss is still finite): training stops with an error instead.
     """
 
     def __init__(
         self,
-        num_classes: int = 19,
-        depth: int = 101,
-        multi_level: bool = True,
-        preprocessing: str = "caffe_bgr",
-        pretrained: str | None = None,
+        segmenter: Segmenter,
+        optimizer: OptimizerFactory = ReferenceSGD(),
+        lr_scheduler: Poly = Poly(),
         bn: BNMode = "reference",
-        lr: float = 2.5e-4,
-        head_lr_mult: float = 10.0,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
-        poly_power: float = 0.9,
-        schedule_steps: int = 250_000,
         lambda_seg_main: float = 1.0,
         lambda_seg_aux: float = 0.1,
         eval_subsets: Sequence[str] = ("19",),
         channels_last: bool = False,
-        sgd_mode: SGDMode = "reference",
         sync_bn_stats: bool = True,
         check_finite: bool = True,
     ) -> None:
-        super().__init__(num_classes, eval_subsets)
-        if sgd_mode not in get_args(SGDMode):
-            raise ValueError(f"unknown sgd_mode {sgd_mode!r}; choose from {list(get_args(SGDMode))}")
-        self.save_hyperparameters()
-        self.model = DeepLabV2(num_classes, depth, multi_level, preprocessing)
+        super().__init__(segmenter.num_classes, eval_subsets)
+        self.save_hyperparameters(ignore=["segmenter", "optimizer", "lr_scheduler"])
+        # The components as config blocks (a checkpoint rebuilds its network from them alone) and this
+        # class's settings, which a subclass's recorded arguments (LightningCLI records only its own) lack.
+        self.hparams.update(
+            segmenter=segmenter.spec(), optimizer=optimizer.spec(), lr_scheduler=lr_scheduler.spec(), bn=bn,
+            lambda_seg_main=lambda_seg_main, lambda_seg_aux=lambda_seg_aux, eval_subsets=list(self.eval_subsets),
+            channels_last=channels_last, sync_bn_stats=sync_bn_stats, check_finite=check_finite,
+        )
+        self.model = segmenter
+        self.optimizer_factory = optimizer
+        self.lr_schedule = lr_scheduler
         if bn != "trainable":
-            self.model.freeze_bn_affine()
+            segmenter.freeze_norm_affine()
         if channels_last:
-            self.model.to(memory_format=torch.channels_last)
+            segmenter.to(memory_format=torch.channels_last)
+
+    @property
+    def initial_weights(self) -> str | None:
+        return self.model.pretrained
 
     def setup(self, stage: str) -> None:
-        if stage == "fit" and not getattr(self, "_pretrained_loaded", False):
-            rank_zero_info(f"pretrained weights: {load_pretrained(self.model, self.hparams.pretrained)}")
+        """The segmenter's initial weights, unless a checkpoint (resumed or evaluated) replaces them."""
+        if self.trainer.ckpt_path is None and not getattr(self, "_pretrained_loaded", False):
+            rank_zero_info(f"pretrained weights: {self.model.load_pretrained()}")
             self._pretrained_loaded = True
 
     def on_train_start(self) -> None:
@@ -192,30 +196,9 @@ class SegmentationModule(SegmentationEvalModule):
         if self.hparams.sync_bn_stats and self.trainer.world_size > 1:
             average_bn_statistics(self.model, self.trainer.strategy)
 
-    def generator_optimizer(self) -> torch.optim.Optimizer:
-        """The generator's SGD (the one place it is built): backbone at ``lr``, both heads at
-        ``head_lr_mult * lr``, weight decay on all; the poly schedule scales every group's rate.
-        ``reference`` mode: one backbone group per repeat count of the reference's list (counted
-        on the current ``requires_grad`` flags, i.e. after ``freeze_bn_affine``)."""
-        hp = self.hparams
-        heads = {"params": self.model.head_parameters(), "lr": hp.lr * hp.head_lr_mult, "name": "heads"}
-        if hp.sgd_mode == "once":
-            groups = [{"params": self.model.backbone_parameters(), "name": "backbone"}, heads]
-            return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        named = dict(self.model.named_parameters())
-        by_count: dict[int, list[nn.Parameter]] = {}
-        for name, count in reference_lr_multiplicity(self.model).items():
-            by_count.setdefault(count, []).append(named[name])
-        backbone = [{"params": params, "repeats": count, "name": f"backbone_x{count}"} for count, params in sorted(by_count.items())]
-        return ReferenceSGD(backbone + [heads], lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-
-    def poly(self, optimizer: torch.optim.Optimizer) -> dict:
-        """This stage's poly schedule for ``optimizer``."""
-        return poly_scheduler(optimizer, self.hparams.schedule_steps, self.hparams.poly_power)
-
     def configure_optimizers(self) -> dict:
-        optimizer = self.generator_optimizer()
-        return {"optimizer": optimizer, "lr_scheduler": self.poly(optimizer)}
+        optimizer = self.optimizer_factory.build(self.model)
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_schedule.build(optimizer)}
 
 
 def average_bn_statistics(module: nn.Module, strategy: Any) -> None:

@@ -311,24 +311,24 @@ class AdaBN(nn.Module):
 
 def build_test_methods(
     model: nn.Module,
-    info: dict,
+    info: SegmenterInfo,
     methods: list[MethodSpec],
     tent_lr: float = 1e-3,
     tent_steps: int = 1,
     tent_episodic: bool = False,
 ) -> list[nn.Module]:
-    """One module per method for the segmenter ``model`` loaded from ``info["path"]``; each maps
+    """One module per method for the segmenter ``model`` loaded from ``info.path``; each maps
     images to ``(aux, main)`` logits and has ``reset()``. Converts ``model`` in place (mode
     ``none`` is exactly eval-mode BN); learned modes need a checkpoint calibrated in that mode;
     ``adabn`` methods (:class:`AdaBN`) need their target statistics before the first image."""
-    learned = info.get("calibration")
+    learned = info.calibration
     for method in methods:
         if method.calibration in LEARNED_MODES and method.calibration != learned:
             have = f"calibrated with {learned}" if learned else "not calibrated"
             raise ConfigValueError(
-                f"{method.name} needs a checkpoint calibrated with {method.calibration}, but {info['path']} is {have}; "
+                f"{method.name} needs a checkpoint calibrated with {method.calibration}, but {info.path} is {have}; "
                 f"train one with: intrada fit --config configs/calib_gta5{'_c' if method.calibration == 'instcal_c' else ''}.yaml "
-                f"--model.init_ckpt {info['path']}"
+                f"--model.init_ckpt {info.path}"
             )
     if learned is None:
         convert_batchnorm(model, "none")

@@ -9,7 +9,7 @@ import torch
 from torch.optim import Optimizer
 
 
-class ReferenceSGD(Optimizer):
+class SGD041(Optimizer):
     """Momentum SGD replaying PyTorch 0.4.1's step over a parameter list with repeats.
 
     The reference's generator lists backbone parameters once per ancestor module (REFERENCE A1:
