@@ -78,10 +78,15 @@ def write_json(path: str | Path, obj: object) -> Path:
 
 
 def write_png(path: str | Path, array: np.ndarray) -> Path:
-    """Write a grey (HxW) or RGB (HxWx3) uint8 array as PNG."""
+    """Write a grey (HxW) or RGB (HxWx3) uint8 array as PNG.
+
+    Encoded in memory and written by Python: OpenCV's ``imwrite`` kills the process (SIGSEGV) on
+    a path that is not valid UTF-8 (a Latin-1 file name, which Python holds as surrogate escapes)."""
     if array.ndim == 3:
         array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise OSError(f"could not PNG-encode the array for {path}")
     with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), array):
-            raise OSError(f"could not write {path}")
+        tmp.write_bytes(encoded.tobytes())
     return Path(path)

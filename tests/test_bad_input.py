@@ -96,6 +96,46 @@ def truncated_jpeg(c: Case):
     return c.test(dataset="bdd100k", root=str(c.tmp / "BDD")), [f"image file {image} is truncated", "JPEG"]
 
 
+def zero_byte_image(c: Case):
+    image = first(c.cityscapes(), "leftImg8bit/val/*/*.png")
+    image.write_bytes(b"")
+    return c.test(data_root=c.tmp), [f"image file {image} is empty (0 bytes)"]
+
+
+def non_utf8_image_name(c: Case):
+    image = first(c.cityscapes(), "leftImg8bit/val/*/*.png")
+    label = first(c.tmp / "Cityscapes", "gtFine/val/*/*_labelIds.png")
+    bad = image.parent / os.fsdecode(b"\xff\xfe_leftImg8bit.png")     # Latin-1 bytes: Python sees surrogates
+    shutil.copy(image, bad)
+    shutil.copy(label, label.parent / os.fsdecode(b"\xff\xfe_gtFine_labelIds.png"))
+    return c.test(data_root=c.tmp), ["Cityscapes: 1 of 5 images under", repr(os.fsencode(bad)), "is not valid UTF-8"]
+
+
+def non_utf8_image_name_to_rank(c: Case):
+    image = first(c.cityscapes(), "leftImg8bit/train/*/*.png")
+    bad = image.parent / os.fsdecode(b"caf\xe9_leftImg8bit.png")
+    shutil.copy(image, bad)
+    return c.rank("--data.init_args.root", str(c.tmp / "Cityscapes")), ["Cityscapes: 1 of 7 images under", repr(os.fsencode(bad)), "is not valid UTF-8"]
+
+
+def image_is_a_directory(c: Case):
+    image = first(c.cityscapes(), "leftImg8bit/val/*/*.png").with_name("frankfurt_000099_000019_leftImg8bit.png")
+    image.mkdir()
+    return c.test(data_root=c.tmp), ["Cityscapes: 1 of 5 images under", f"{image} is a directory, not an image file"]
+
+
+def image_is_a_dangling_symlink(c: Case):
+    image = first(c.cityscapes(), "leftImg8bit/val/*/*.png").with_name("frankfurt_000099_000019_leftImg8bit.png")
+    image.symlink_to(c.tmp / "gone.png")
+    return c.test(data_root=c.tmp), [f"{image} is a symbolic link to '{c.tmp / 'gone.png'}', which does not exist"]
+
+
+def image_is_a_symlink_loop(c: Case):
+    image = first(c.cityscapes(), "leftImg8bit/val/*/*.png").with_name("frankfurt_000099_000019_leftImg8bit.png")
+    image.symlink_to(image.name)
+    return c.test(data_root=c.tmp), [f"{image} is a symbolic link loop"]
+
+
 def label_not_an_image(c: Case):
     label = first(c.cityscapes(), "gtFine/val/*/*_labelIds.png")
     label.write_text("version https://git-lfs.github.com/spec/v1\n")  # an LFS pointer instead of the file
@@ -229,7 +269,8 @@ def nothing_to_resume(c: Case):
 
 
 CASES = [
-    truncated_label, truncated_image, truncated_jpeg, label_not_an_image, label_of_another_size, truncated_pseudo_label,
+    truncated_label, truncated_image, truncated_jpeg, zero_byte_image, non_utf8_image_name, non_utf8_image_name_to_rank,
+    image_is_a_directory, image_is_a_dangling_symlink, image_is_a_symlink_loop, label_not_an_image, label_of_another_size, truncated_pseudo_label,
     text_as_ckpt, png_as_ckpt_path, random_bytes_as_pretrained, missing_pretrained,
     lambda_out_of_range, confidence_threshold_out_of_range,
     unknown_calibration, manual_strength_out_of_range, manual_strength_not_a_number, learned_calibration_on_an_uncalibrated_checkpoint,
@@ -276,10 +317,11 @@ def test_traceback_on_request(toy_root, weights, tmp_path, monkeypatch):
     assert isinstance(error.value, BadInputError) and isinstance(error.value, OSError)  # old except clauses still catch it
 
 
-def test_console_script_reports_a_worker_error_as_its_original_message(toy_root, weights, tmp_path):
+@pytest.mark.parametrize("case", [truncated_image, zero_byte_image], ids=lambda c: c.__name__)
+def test_console_script_reports_a_worker_error_as_its_original_message(case, toy_root, weights, tmp_path):
     """The real console script, with the bad file read in a DataLoader worker process: PyTorch
     raises the error again in the main process with the worker's traceback as its message."""
-    args, fragments = truncated_image(Case(tmp_path, toy_root, weights))
+    args, fragments = case(Case(tmp_path, toy_root, weights))
     env = {k: v for k, v in os.environ.items() if k != "INTRADA_TRACEBACK"}
     done = subprocess.run([sys.executable, "-m", "intrada_pl.cli", *args, "--data.num_workers", "1"],
                           check=False, capture_output=True, text=True, env=env, timeout=300)

@@ -1,4 +1,6 @@
 import json
+import os
+import shutil
 
 import cv2
 import numpy as np
@@ -9,7 +11,7 @@ from PIL import Image
 from intrada_pl.data import labels as L
 from intrada_pl.data import layouts
 from intrada_pl.data.datasets import (
-    ACDC, BDD100K, DATASETS, GTA5, Cityscapes, DatasetLayoutError, FoggyCityscapes, LabelFormatError,
+    ACDC, BDD100K, DATASETS, GTA5, Cityscapes, DatasetLayoutError, FoggyCityscapes, ImageFileError, LabelFormatError,
     Mapillary, SegmentationDataset, Synscapes, Synthia, WildDash2, build_dataset, get_dataset_class,
 )
 
@@ -119,6 +121,56 @@ def test_list_file_selects_and_orders(gta, tmp_path):
     with pytest.raises(DatasetLayoutError, match="00042.png") as e:
         GTA5(gta, list_file=lst)
     assert str(lst) in str(e.value)
+
+
+def test_entries_that_are_no_image_files_are_refused_at_setup(gta, tmp_path):
+    """A directory, a dangling symlink or a symlink loop named like an image: one error at setup
+    (not silently skipped), kept with ``unusable_images="keep"`` (inspect), left alone if unselected."""
+    images = gta / "images"
+    (images / "00005.png").mkdir()
+    (images / "00006.png").symlink_to(tmp_path / "gone.png")
+    (images / "00007.png").symlink_to("00007.png")
+    with pytest.raises(ImageFileError) as e:
+        GTA5(gta, missing_labels="drop")
+    assert str(e.value) == (f"GTA5: 3 of 7 images under {images} cannot be used; "
+                            f"first: {images / '00005.png'} is a directory, not an image file")
+    ds = GTA5(gta, missing_labels="keep", unusable_images="keep")
+    assert [ds.image_problem(i) for i in range(4, 7)] == [
+        "is a directory, not an image file",
+        f"is a symbolic link to '{tmp_path / 'gone.png'}', which does not exist",
+        "is a symbolic link loop",
+    ]
+    assert ds.image_problem(0) is None
+    for i in range(4, 7):   # reading one says the same, in one line
+        with pytest.raises(ImageFileError, match=f"image file {images / ds.names[i]} {ds.image_problem(i)}"):
+            ds.read_image(i)
+    (tmp_path / "list.txt").write_text("00001.png\n")
+    assert len(GTA5(gta, list_file=tmp_path / "list.txt")) == 1
+    with pytest.raises(ValueError, match="unusable_images must be 'error' or 'keep'"):
+        GTA5(gta, unusable_images="drop")
+
+
+def test_image_name_that_is_not_utf8_is_refused_at_setup(tmp_path):
+    """Names go into the ranking's lists and the prediction files: refused up front, shown as bytes."""
+    root = tmp_path / "bdd"
+    image, label = layouts.write_bdd100k(root, "val", "a1", img(1), np.zeros((H, W), np.uint8))
+    bad = image.with_name(os.fsdecode(b"\xff\xfe.jpg"))
+    shutil.copy(image, bad)
+    shutil.copy(label, label.with_name(os.fsdecode(b"\xff\xfe.png")))
+    with pytest.raises(ImageFileError) as e:
+        BDD100K(root)
+    message = str(e.value)
+    assert message.startswith(f"BDD100K: 1 of 2 images under {image.parent} cannot be used; first: {os.fsencode(bad)!r} ")
+    assert "has a file name that is not valid UTF-8" in message and "\n" not in message
+    message.encode("utf-8")                             # printable on any terminal
+    kept = BDD100K(root, unusable_images="keep")
+    assert kept.image_problem(kept.image_paths.index(bad)).startswith("has a file name that is not valid UTF-8")
+
+
+def test_empty_image_file_is_named(gta):
+    (gta / "images" / "00002.png").write_bytes(b"")
+    with pytest.raises(ImageFileError, match=r"image file .*00002\.png is empty \(0 bytes\)"):
+        GTA5(gta)[1]
 
 
 def test_missing_root_and_empty_dataset(tmp_path):

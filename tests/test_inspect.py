@@ -1,3 +1,6 @@
+import os
+import shutil
+
 import cv2
 import numpy as np
 
@@ -54,13 +57,14 @@ def test_each_problem_kind_is_reported(tmp_path):
 
     rep = inspect_dataset("gta5", root)
     probs = rep["problems"]
-    assert len(probs) == 6, probs
+    assert len(probs) == 5, probs
 
     def one(fname, text):
         hits = [p for p in probs if fname in p and text in p]
         assert len(hits) == 1, (fname, text, probs)
 
-    one("labels/00002.png", "label size 8x8 differs from image size 32x16")
+    assert not [p for p in probs if "00002" in p]             # a GTA5 label of its own size: a note
+    assert len(rep["notes"]) == 1 and "1 of 4 labels differ in size from their image" in rep["notes"][0]
     one("labels/00003.png", "outside the encoding")
     assert "[40]" in next(p for p in probs if "00003" in p) and "3 pixels" in next(p for p in probs if "00003" in p)
     one("images/00004.png", "unreadable image")
@@ -70,7 +74,7 @@ def test_each_problem_kind_is_reported(tmp_path):
     assert rep["num_images"] == 7
     assert rep["class_pixels"][0] == 512 + 64 + 509 + 512     # 00001, 00002 (on-disk 8x8), 00003, 00004
     text = format_report(rep)
-    assert "problems: 6" in text and "00005.png" in text
+    assert "problems: 5" in text and "00005.png" in text
     assert main([str("gta5"), str(root), "--headers-only"]) == 1
 
 
@@ -89,3 +93,68 @@ def test_synthia_problems(tmp_path):
     assert "0000001.png" in probs[0] and "[30, 300]" in probs[0] and "SYNTHIA" in probs[0]
     assert "0000002.png" in probs[1] and "16-bit" in probs[1]
     assert rep["class_pixels"][0] == 2 * H * W - 2 and rep["ignored_pixels"] == 2
+
+
+def test_gta5_labels_of_their_own_size_are_a_note(tmp_path, capsys):
+    """GTA5's 20801-20860 have labels whose size differs from their image; training resizes each
+    from its own size as the reference does, so inspect notes them and exits 0."""
+    root = tmp_path / "gta5"
+    layouts.write_gta5(root, 20800, img(0), np.full((H, W), 7, np.uint8))
+    for k in range(20801, 20808):
+        layouts.write_gta5(root, k, img(k), np.full((8, 16), 7, np.uint8), allow_size_mismatch=True)
+    rep = inspect_dataset("gta5", root)
+    assert rep["problems"] == []
+    (note,) = rep["notes"]
+    assert "7 of 8 labels differ in size from their image" in note and "training resizes each from its own size" in note
+    assert "20801.png, 20802.png, 20803.png, 20804.png, 20805.png ..." in note and "20806" not in note
+    assert main(["gta5", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "problems: none" in out and "notes: 1" in out and "20801.png" in out
+
+
+def test_cityscapes_label_of_another_size_is_a_problem(tmp_path):
+    root = tmp_path / "Cityscapes"
+    layouts.write_cityscapes(root, "val", "frankfurt", 0, 19, img(0), np.full((H, W), 7, np.uint8))
+    label = next(root.glob("gtFine/val/*/*_labelIds.png"))
+    cv2.imwrite(str(label), np.full((8, 16), 7, np.uint8))
+    rep = inspect_dataset("cityscapes", root, "val")
+    assert rep["notes"] == []
+    assert rep["problems"] == [f"{label}: label size 16x8 differs from image size 32x16 "
+                               f"({next(root.glob('leftImg8bit/val/*/*.png'))})"]
+    assert main(["cityscapes", str(root), "--split", "val"]) == 1
+
+
+def test_entries_that_are_no_image_files_are_problems(tmp_path, capsys):
+    """A directory, a dangling symlink and a symlink loop where an image should be: listed, exit 1."""
+    root = tmp_path / "gta5"
+    for k in range(1, 5):
+        layouts.write_gta5(root, k, img(k), np.full((H, W), 7, np.uint8))
+    images = root / "images"
+    (images / "00002.png").unlink()
+    (images / "00002.png").mkdir()
+    (images / "00003.png").unlink()
+    (images / "00003.png").symlink_to(tmp_path / "gone.png")
+    (images / "00004.png").unlink()
+    (images / "00004.png").symlink_to("00004.png")
+    rep = inspect_dataset("gta5", root)
+    assert rep["num_images"] == 4 and rep["class_pixels"][0] == H * W     # 00001 only
+    assert rep["problems"] == [
+        f"{images / '00002.png'}: is a directory, not an image file",
+        f"{images / '00003.png'}: is a symbolic link to '{tmp_path / 'gone.png'}', which does not exist",
+        f"{images / '00004.png'}: is a symbolic link loop",
+    ]
+    assert main(["gta5", str(root), "--headers-only"]) == 1
+    assert "problems: 3" in capsys.readouterr().out
+
+
+def test_image_name_that_is_not_utf8_is_a_problem(tmp_path, capsys):
+    root = tmp_path / "BDD"
+    image, label = layouts.write_bdd100k(root, "val", "a1", img(1), np.zeros((H, W), np.uint8))
+    shutil.copy(image, image.with_name(os.fsdecode(b"\xff\xfe.jpg")))
+    shutil.copy(label, label.with_name(os.fsdecode(b"\xff\xfe.png")))
+    rep = inspect_dataset("bdd100k", root)
+    (problem,) = rep["problems"]
+    assert problem.startswith(repr(os.fsencode(image.with_name(os.fsdecode(b"\xff\xfe.jpg")))) + ": ")
+    assert "has a file name that is not valid UTF-8" in problem
+    assert main(["bdd100k", str(root)]) == 1
+    assert "b'" in capsys.readouterr().out          # printed as bytes: no UnicodeEncodeError on a strict stdout

@@ -17,14 +17,21 @@ unless the transform resizes labels itself (``transform.resizes_label``): it the
 at its on-disk size and resizes it once, straight to the training size, as the reference does.
 Only datasets whose labels may differ in size from their images (``label_size_may_differ``: GTA5's
 20801-20860, Synscapes at 2k) are resized; elsewhere a label of another size is refused.
+
+Images that cannot be used are refused when the dataset is built, in one line, rather than met
+(or silently skipped) mid-run: an entry named like an image that is a directory, a dangling
+symbolic link or a link loop, and a file name that is not valid UTF-8 (see :meth:`image_problem`).
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import io
 import json
+import os
 import re
+import stat
 import textwrap
 import warnings
 from collections.abc import Callable
@@ -45,7 +52,7 @@ __all__ = [
     "DatasetLayoutError", "LabelFormatError", "ImageFileError", "SegmentationDataset",
     "GTA5", "Synthia", "Synscapes", "Cityscapes", "FoggyCityscapes", "BDD100K", "Mapillary",
     "WildDash2", "ACDC", "DATASETS", "get_dataset_class", "build_dataset",
-    "read_rgb", "read_index_png", "image_size", "resize_nearest",
+    "read_rgb", "read_index_png", "image_size", "resize_nearest", "display_path",
 ]
 
 
@@ -59,7 +66,48 @@ class LabelFormatError(BadInputError, ValueError):
 
 
 class ImageFileError(BadInputError, OSError):
-    """An image or label file that cannot be decoded: truncated, corrupt, or no image at all."""
+    """An image or label file that cannot be used: empty, truncated, corrupt, no image at all, no
+    file at all (a directory, a dangling link), or with a file name that is not valid UTF-8."""
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` for a message: as bytes (``b'...'``) when it is not valid UTF-8, which Python
+    holds as surrogate escapes that a terminal or a UTF-8 file refuses."""
+    return str(path) if _is_utf8(str(path)) else repr(os.fsencode(path))
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _entry_problem(path: Path) -> str | None:
+    """Why a directory entry named like an image is no file to read, or None if it is one: a glob
+    also finds directories and broken links, which the dataset must not lose unnoticed."""
+    try:
+        if stat.S_ISREG(path.stat().st_mode):
+            return None
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
+        return "does not exist"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        return f"cannot be read ({error.strerror})"
+    return "is a directory, not an image file" if path.is_dir() else "is not a regular file"
+
+
+def _name_problem(name: str) -> str | None:
+    """Why a sample name cannot be used, or None: names go into the ranking's lists and the
+    prediction files, written as UTF-8, so a Latin-1 name would fail there, after hours of work."""
+    if _is_utf8(name):
+        return None
+    return ("has a file name that is not valid UTF-8, which the ranking's lists and the prediction files need: "
+            "rename it (e.g. convmv -r -f latin1 -t utf8 --notest on its folder)")
 
 
 # ------------------------------------------------------------------------------------------
@@ -71,8 +119,14 @@ def _read_file(path: str | Path, what: str) -> bytes:
     missing rows of a truncated JPEG with grey, so a partial download or copy would pass silently."""
     try:
         data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} file not found: {path}") from None
+    except OSError as error:
+        if isinstance(error, FileNotFoundError) and not Path(path).is_symlink():
+            raise FileNotFoundError(f"{what} file not found: {path}") from None
+        why = _entry_problem(Path(path)) or f"cannot be read ({error.strerror})"
+        raise ImageFileError(f"{what} file {path} {why}") from None
+    if not data:
+        raise ImageFileError(f"{what} file {path} is empty (0 bytes): nothing was written to it (an interrupted "
+                             f"download, copy or extraction?); replace it with the complete file")
     png, jpeg = data.startswith(b"\x89PNG\r\n\x1a\n"), data.startswith(b"\xff\xd8")
     if (png and data.rfind(b"IEND\xaeB`\x82") < 0) or (jpeg and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")):
         raise ImageFileError(f"{what} file {path} is truncated: its {'PNG' if png else 'JPEG'} data stops before the end "
@@ -148,6 +202,9 @@ class SegmentationDataset(Dataset):
         missing_labels: what to do with images whose label file is missing when
             ``with_labels``: ``"error"`` (default), ``"drop"`` the images, or ``"keep"`` them
             (reading such a label then raises; used by :mod:`intrada_pl.data.inspect`).
+        unusable_images: what to do with images that cannot be used (:meth:`image_problem`):
+            ``"error"`` (default: one error when the dataset is built), or ``"keep"`` them (reading
+            one then raises; used by :mod:`intrada_pl.data.inspect` to list them all).
     """
 
     #: human description of the expected tree (used in errors and docs)
@@ -177,10 +234,13 @@ class SegmentationDataset(Dataset):
         with_labels: bool = True,
         transform: Callable[..., dict] | None = None,
         missing_labels: str = "error",
+        unusable_images: str = "error",
     ) -> None:
         super().__init__()
         if missing_labels not in ("error", "drop", "keep"):
             raise ValueError(f"missing_labels must be 'error', 'drop' or 'keep', got {missing_labels!r}")
+        if unusable_images not in ("error", "keep"):
+            raise ValueError(f"unusable_images must be 'error' or 'keep', got {unusable_images!r}")
         self.split = self.default_split if split is None else str(split)
         self.list_file = None if list_file is None else Path(list_file)
         self.with_labels = bool(with_labels)
@@ -194,6 +254,8 @@ class SegmentationDataset(Dataset):
                 f"no images found under {self.image_root} (patterns {list(self._image_globs())})")
         self.names: list[str] = self._select(found) if self.list_file else sorted(found, key=self.sort_key)
         self.image_paths: list[Path] = [found[n] for n in self.names]
+        if unusable_images == "error":
+            self._refuse_unusable_images()
 
         self.missing_label_names: list[str] = []
         if self.with_labels:
@@ -217,6 +279,15 @@ class SegmentationDataset(Dataset):
     def _layout_error(self, msg: str) -> DatasetLayoutError:
         return DatasetLayoutError(
             f"{type(self).__name__}: {msg}\nExpected layout:\n{textwrap.indent(self.layout.strip(), '  ')}")
+
+    def _refuse_unusable_images(self) -> None:
+        """One error for the images that cannot be used, naming the first: before any work starts."""
+        bad = [(i, why) for i in range(len(self.names)) if (why := self.image_problem(i))]
+        if bad:
+            i, why = bad[0]
+            raise ImageFileError(
+                f"{type(self).__name__}: {len(bad)} of {len(self.names)} images under {display_path(self.image_root)} "
+                f"cannot be used; first: {display_path(self.image_paths[i])} {why}")
 
     def _image_dirs(self) -> tuple[str, ...]:
         return tuple(c.format(split=self.split) for c in self.image_dir_candidates)
@@ -242,13 +313,14 @@ class SegmentationDataset(Dataset):
             + ", ".join(str(t) for t in tried))
 
     def _discover(self) -> dict[str, Path]:
-        """name (posix path relative to the image folder) -> image path, for names matching the layout."""
+        """name (posix path relative to the image folder) -> image path, for names matching the layout
+        (whatever the entry is: :meth:`image_problem` says which cannot be used)."""
         rx = re.compile(self._name_regex())
         found: dict[str, Path] = {}
         for pattern in self._image_globs():
             for p in self.image_root.glob(pattern):
                 name = p.relative_to(self.image_root).as_posix()
-                if rx.fullmatch(name) and p.is_file():
+                if rx.fullmatch(name):
                     found[name] = p
         return found
 
@@ -302,6 +374,11 @@ class SegmentationDataset(Dataset):
 
     def image_path(self, i: int) -> Path:
         return self.image_paths[i]
+
+    def image_problem(self, i: int) -> str | None:
+        """Why image ``i`` cannot be used ("is a directory, not an image file", "is a symbolic link
+        loop", "has a file name that is not valid UTF-8, ..."), or None."""
+        return _name_problem(self.names[i]) or _entry_problem(self.image_paths[i])
 
     def label_path(self, i: int) -> Path:
         self._ensure_labels()

@@ -2,11 +2,16 @@
 
 ``inspect_dataset`` walks every sample through the same dataset class training uses, but reads
 labels *raw* (``read_raw_label``) so it can report what a loader would silently fix or hide:
-unreadable files, image/label size mismatches (GTA5 20801-20860), values outside the dataset's
-label encoding, 8-bit SYNTHIA labels, and any warning the loader gives (e.g. WildDash2 categories
-the label policy does not know). It never stops at a bad file; everything is vectorised (one
-bincount per label). ``intrada inspect`` (or ``python -m intrada_pl.data.inspect gta5
+unreadable or empty files, entries named like images that are no files (directories, dangling
+links, link loops) or whose names are not UTF-8, image/label size mismatches, values outside the
+dataset's label encoding, 8-bit SYNTHIA labels, and any warning the loader gives (e.g. WildDash2
+categories the label policy does not know). It never stops at a bad file; everything is vectorised
+(one bincount per label). ``intrada inspect`` (or ``python -m intrada_pl.data.inspect gta5
 /data/gta5``) exits with status 1 when it lists problems, so scripts can gate on it.
+
+What training handles as the reference does is a *note*, not a problem: labels whose size differs
+from their image in a dataset where that is known (GTA5's 20801-20860, Synscapes at 2k), which
+training resizes from their own size.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .datasets import DATASETS, LabelFormatError, SegmentationDataset, get_dataset_class, image_size
+from .datasets import DATASETS, LabelFormatError, SegmentationDataset, display_path, get_dataset_class, image_size
 from .labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 
 __all__ = ["inspect_dataset", "format_report", "dataset_options", "main"]
@@ -62,11 +67,13 @@ def inspect_dataset(name: str, root: str | Path, split: str | None = None, *, de
 
     Returns a dict with ``dataset, class, root, split, num_images, num_checked, image_sizes``
     ({"WxH": count}), ``label_sizes``, ``class_pixels`` (19 train-ID pixel counts at on-disk label
-    size), ``ignored_pixels`` and ``problems`` (list of "<file>: <what>").
+    size), ``ignored_pixels``, ``problems`` (list of "<file>: <what>") and ``notes`` (what the
+    loader handles as the reference does, e.g. GTA5's labels of another size than their image).
     """
     if split is not None:
         kwargs["split"] = split
     kwargs.setdefault("missing_labels", "keep")
+    kwargs.setdefault("unusable_images", "keep")
     cls = get_dataset_class(name)
     unknown = sorted(set(kwargs) - dataset_options(cls))
     if unknown:
@@ -85,8 +92,13 @@ def inspect_dataset(name: str, root: str | Path, split: str | None = None, *, de
     class_pixels = np.zeros(NUM_CLASSES, np.int64)
     ignored = 0
     problems: list[str] = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
+    resized: list[str] = []   # labels of another size than their image, where the dataset allows it
     for i in range(n):
         ipath = ds.image_path(i)
+        why = ds.image_problem(i)
+        if why:
+            problems.append(f"{display_path(ipath)}: {why}")
+            continue
         hw = None
         try:
             hw = ds.read_image(i).shape[:2] if decode_images else image_size(ipath)
@@ -111,7 +123,10 @@ def inspect_dataset(name: str, root: str | Path, split: str | None = None, *, de
         lh, lw = raw.shape[:2]
         label_sizes[f"{lw}x{lh}"] += 1
         if hw is not None and (lh, lw) != tuple(hw):
-            problems.append(f"{lpath}: label size {lw}x{lh} differs from image size {hw[1]}x{hw[0]} ({ipath})")
+            if ds.label_size_may_differ:
+                resized.append(ds.names[i])
+            else:
+                problems.append(f"{lpath}: label size {lw}x{lh} differs from image size {hw[1]}x{hw[0]} ({ipath})")
 
         values, counts = _value_counts(raw)
         bad = ~ds.valid_raw_values(values)
@@ -140,11 +155,19 @@ def inspect_dataset(name: str, root: str | Path, split: str | None = None, *, de
         "class_pixels": class_pixels.tolist(),
         "ignored_pixels": ignored,
         "problems": problems,
+        "notes": [_resized_note(ds, resized, sum(label_sizes.values()))] if resized else [],
     }
 
 
+def _resized_note(ds: SegmentationDataset, names: list[str], num_labels: int, shown: int = 5) -> str:
+    """The note for labels whose size differs from their image in a dataset where that is known."""
+    first = ", ".join(names[:shown]) + (" ..." if len(names) > shown else "")
+    return (f"{len(names)} of {num_labels} labels differ in size from their image, as {type(ds).__name__} labels may; "
+            f"training resizes each from its own size (NEAREST), as the reference does: {first}")
+
+
 def format_report(report: dict[str, Any], max_problems: int = 50) -> str:
-    """Human-readable summary: header, sizes, a per-class pixel table, then problems."""
+    """Human-readable summary: header, sizes, a per-class pixel table, then problems and notes."""
     r = report
     checked = f" ({r['num_checked']} checked)" if r.get("num_checked", r["num_images"]) != r["num_images"] else ""
     lines = [f"{r.get('class', r['dataset'])} [{r['dataset']}] at {r['root']}, split {r['split']!r}: "
@@ -163,6 +186,9 @@ def format_report(report: dict[str, Any], max_problems: int = 50) -> str:
     lines += [f"  - {p}" for p in probs[:max_problems]]
     if len(probs) > max_problems:
         lines.append(f"  ... and {len(probs) - max_problems} more")
+    if r["notes"]:
+        lines.append(f"notes: {len(r['notes'])}")
+        lines += [f"  - {note}" for note in r["notes"]]
     return "\n".join(lines)
 
 
@@ -183,7 +209,7 @@ def _options(parser: argparse.ArgumentParser, pairs: Sequence[str], mapping: str
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m intrada_pl.data.inspect") -> int:
-    """The ``intrada inspect`` command; returns 1 when the report lists problems, else 0."""
+    """The ``intrada inspect`` command; returns 1 when the report lists problems, else 0 (notes alone: 0)."""
     p = argparse.ArgumentParser(prog=prog, description="Report a dataset's images, sizes, class pixels and problems.")
     p.add_argument("dataset", help=f"one of {', '.join(DATASETS)} or a dotted class path")
     p.add_argument("root")
