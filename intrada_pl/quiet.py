@@ -13,8 +13,8 @@ import warnings
 
 # (message regex, why it is noise for our users)
 IRRELEVANT_WARNINGS = (
+    (r"(?s).*(JsonargparseDeprecationWarning|was deprecated in v4\.)", "jsonargparse notices about Lightning's own calls"),
     (r"LightningCLI's args parameter is intended", "intrada dispatches the command and passes LightningCLI the rest"),
-    (r"skip_none parameter was deprecated", "jsonargparse notice about Lightning's own call"),
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", "torch notice about Lightning's own code"),
     (r"'set_vital' is deprecated", "torch notice about torchdata's own code"),
     (r"Precision .* is not supported by the model summary", "the summary's size estimate only"),
@@ -35,6 +35,7 @@ def silence_noise() -> None:
     """Install the filters above and the one-line warning format (idempotent)."""
     for pattern, _why in IRRELEVANT_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+
     warnings.formatwarning = _one_line
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)

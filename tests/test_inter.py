@@ -17,7 +17,7 @@ from helpers import fit_config, write_yaml
 from intrada_pl.cli import main
 from intrada_pl.errors import ConfigValueError
 from intrada_pl.models import DeepLabV2
-from intrada_pl.optim import SGD, AdamW, ReferenceSGD
+from intrada_pl.optim import SGD, Adam041, AdamW, ReferenceSGD
 from intrada_pl.stages.inter import InterDomainModule
 from probes import StepRecorder
 
@@ -124,6 +124,12 @@ def test_generator_optimizer_components():
     assert {g["name"]: (g["lr"], len(g["params"])) for g in once.param_groups} == {"backbone": (1.0, 104), "heads": (10.0, 16)}
     adamw = AdamW(lr=2.0, weight_decay=0.01).build(module.model)
     assert {g["name"]: (g["lr"], g["weight_decay"]) for g in adamw.param_groups} == {"backbone": (2.0, 0.01), "heads": (20.0, 0.01)}
+
+    discriminators = module.configure_optimizers()["optimizer"].optimizers[1:]
+    assert [type(d) for d in discriminators] == [Adam041, Adam041]  # 0.4.1's Adam, as the reference ran
+    with torch.device("meta"):
+        today = InterDomainModule(DeepLabV2(depth=18), adam_d="torch").configure_optimizers()["optimizer"].optimizers[1:]
+    assert [type(d) for d in today] == [torch.optim.Adam, torch.optim.Adam]
 
     class NoReferenceList(DeepLabV2):
         reference_param_repeats = None

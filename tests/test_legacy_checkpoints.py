@@ -38,14 +38,14 @@ def old_code(tmp_path_factory) -> Path:
     return root
 
 
-def run(args: list[str], tmp_path: Path, code: Path | None = None) -> subprocess.CompletedProcess:
+def run(args: list[str], tmp_path: Path, code: Path | None = None, status: int = 0) -> subprocess.CompletedProcess:
     """``intrada ARGS`` with the old package (``code``) or today's (run outside the repository, whose package
     would come first on the path)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
     if code is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(code), env.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, "-m", "intrada_pl.cli", *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == status, done.stderr[-3000:]
     return done
 
 
@@ -67,13 +67,18 @@ def test_an_old_checkpoint_resumes_and_evaluates_as_before(old_code, toy_root, t
     continued = {}
     for name, code in (("old", old_code), ("new", None)):
         run_dir = tmp_path / name
-        config = old_config(toy_root, run_dir, 4) if code else fit_config(toy_root, run_dir, stage=INTER, schedule_steps=8)
+        config = old_config(toy_root, run_dir, 4) if code else fit_config(toy_root, run_dir, stage=INTER, schedule_steps=8, adam_d="torch")
         config["trainer"].update(max_steps=4, val_check_interval=2)
         run(["fit", "--config", write_yaml(tmp_path / f"{name}.yaml", config), "--ckpt_path", str(old_ckpt)], tmp_path, code)
         continued[name] = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert continued["old"]["global_step"] == continued["new"]["global_step"] == 4
     for key, value in continued["old"]["state_dict"].items():
         assert torch.equal(continued["new"]["state_dict"][key], value), key
+
+    # Resuming it under today's default discriminator optimiser is refused, naming the difference.
+    config = fit_config(toy_root, tmp_path / "refused", stage=INTER, schedule_steps=8)
+    refused = run(["fit", "--config", write_yaml(tmp_path / "refused.yaml", config), "--ckpt_path", str(old_ckpt)], tmp_path, status=2)
+    assert "adam_d: 'torch' -> 'reference'" in refused.stderr and refused.stderr.count("\n") == 1
 
     # The old checkpoint evaluated by both versions: the same metrics.
     test_yaml = write_yaml(tmp_path / "test.yaml", eval_config(toy_root))

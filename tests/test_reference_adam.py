@@ -1,4 +1,4 @@
-"""ReferenceAdam against a literal transcription of PyTorch 0.4.1's Adam step."""
+"""Adam041 against a literal transcription of PyTorch 0.4.1's Adam step."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from intrada_pl.optim import PolyDecay
-from intrada_pl.reference_adam import ReferenceAdam
+from intrada_pl.optim import Adam041
 
 LR, BETAS, EPS, STEPS = 1e-4, (0.9, 0.99), 1e-8, 7  # the discriminators' Adam (REFERENCE: lr 1e-4, betas (0.9, 0.99))
 SHAPES = {"conv1.weight": (6, 3, 4, 4), "conv1.bias": (6,), "conv2.weight": (1, 6, 4, 4), "conv2.bias": (1,)}
@@ -101,7 +101,7 @@ def run_literal(t: dict[str, torch.Tensor], update: Update) -> dict:
     return state
 
 
-def assert_same(ours: dict[str, torch.Tensor], optimizer: ReferenceAdam, ref: dict[str, torch.Tensor], state: dict) -> None:
+def assert_same(ours: dict[str, torch.Tensor], optimizer: Adam041, ref: dict[str, torch.Tensor], state: dict) -> None:
     for name, p in ours.items():
         assert torch.equal(p, ref[name]), name
         mine, theirs = optimizer.state[p], state[id(ref[name])]
@@ -115,7 +115,7 @@ def test_replay_equals_041_bitwise(weight_decay, amsgrad):
     discriminators' lr and betas; ``.grad`` still holds the loss gradient afterwards."""
     ref, ours = tensors(), tensors()
     start = {name: value.clone() for name, value in ours.items()}
-    optimizer = ReferenceAdam(ours.values(), lr=LR, betas=BETAS, weight_decay=weight_decay, amsgrad=amsgrad)
+    optimizer = Adam041(ours.values(), lr=LR, betas=BETAS, weight_decay=weight_decay, amsgrad=amsgrad)
     state: dict = {}
     for step in range(STEPS):
         set_grads(list(ref.values()), step)
@@ -134,7 +134,7 @@ def test_todays_adam_differs_from_041():
     lr * g / (|g| + eps / sqrt(1 - beta2)) = lr * g / (|g| + 1e-7), today's by lr * g / (|g| + 1e-8)."""
     theirs, ours = ({name: torch.zeros(shape) for name, shape in SHAPES.items()} for _ in range(2))  # updates exact
     adam = torch.optim.Adam(theirs.values(), lr=LR, betas=BETAS, eps=EPS, foreach=False)
-    replay = ReferenceAdam(ours.values(), lr=LR, betas=BETAS, eps=EPS)
+    replay = Adam041(ours.values(), lr=LR, betas=BETAS, eps=EPS)
     set_grads(list(theirs.values()), 0)
     set_grads(list(ours.values()), 0)
     adam.step()
@@ -151,7 +151,7 @@ def test_the_comparison_catches_mutants(mutant):
     """A transcription with one line changed no longer matches the replay (counting from 0, the
     first correction divides by 1 - beta ** 0 = 0)."""
     ours = tensors()
-    optimizer = ReferenceAdam(ours.values(), lr=LR, betas=BETAS, eps=EPS)
+    optimizer = Adam041(ours.values(), lr=LR, betas=BETAS, eps=EPS)
     for step in range(STEPS):
         set_grads(list(ours.values()), step)
         optimizer.step()
@@ -165,7 +165,7 @@ def test_state_dict_round_trip_continues_identically():
     """Saved after 3 steps, loaded into a fresh optimiser (and scheduler): 3 more steps equal 6 straight."""
 
     def fresh(t):
-        optimizer = ReferenceAdam(t.values(), lr=LR, betas=BETAS, eps=EPS)
+        optimizer = Adam041(t.values(), lr=LR, betas=BETAS, eps=EPS)
         return optimizer, LambdaLR(optimizer, PolyDecay(10, 0.9))
 
     def run(t, optimizer, scheduler, steps):
@@ -199,7 +199,7 @@ def test_lambda_lr_sets_the_rate_each_step():
     """With the poly law applied by LambdaLR, each step uses lr = base * factor(step), as the
     reference set ``param_groups[0]['lr']`` by hand before stepping."""
     ref, ours = tensors(), tensors()
-    optimizer = ReferenceAdam(ours.values(), lr=LR, betas=BETAS, eps=EPS)
+    optimizer = Adam041(ours.values(), lr=LR, betas=BETAS, eps=EPS)
     decay = PolyDecay(10, 0.9)
     scheduler = LambdaLR(optimizer, decay)
     state: dict = {}
@@ -217,4 +217,4 @@ def test_bad_hyperparameters_are_rejected():
     p = [torch.zeros(1)]
     for kwargs in ({"lr": -1.0}, {"eps": -1e-8}, {"weight_decay": -1.0}, {"betas": (1.0, 0.99)}, {"betas": (0.9, -0.1)}):
         with pytest.raises(ValueError):
-            ReferenceAdam(p, **kwargs)
+            Adam041(p, **kwargs)

@@ -39,6 +39,8 @@ def upgrade_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
             hp.pop(key, None)
         return hp
     mode = optimizer.pop("sgd_mode", "reference")
+    if "lr_d" in hp:  # an adversarial stage: its discriminators stepped with today's Adam then
+        hp.setdefault("adam_d", "torch")
     hp.update(
         segmenter=_block("intrada_pl.models.DeepLabV2", segmenter),
         optimizer=_block("intrada_pl.optim.ReferenceSGD" if mode == "reference" else "intrada_pl.optim.SGD", optimizer),

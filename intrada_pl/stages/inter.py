@@ -13,7 +13,7 @@ from torch import Tensor
 from intrada_pl.losses import adversarial_loss, entropy_loss, self_information, upsample
 from intrada_pl.models.discriminator import FCDiscriminator
 from intrada_pl.models.segmenter import Segmenter
-from intrada_pl.optim import JointOptimizer
+from intrada_pl.optim import Adam041, JointOptimizer
 from intrada_pl.stages.segmentation import SegmentationModule
 
 SOURCE, TARGET = 0.0, 1.0  # domain labels of the reference
@@ -31,6 +31,11 @@ class InterDomainModule(SegmentationModule):
     ``{"source": labelled, "target": unlabelled}``, so IntraDA reuses this loop with easy/hard
     splits. Defaults are the paper's: adversarial weights 0.001 (main) / 0.0002 (aux), Adam 1e-4
     with betas (0.9, 0.99) for the discriminators, the generator's poly schedule for both.
+
+    ``adam_d``: ``reference`` steps the discriminators as PyTorch 0.4.1's Adam did (eps added to
+    ``sqrt(v)`` before the bias correction: :class:`~intrada_pl.optim.Adam041`), as ADVENT and
+    IntraDA ran; ``torch`` is today's ``torch.optim.Adam`` (what checkpoints of earlier versions
+    of this package were trained with).
     """
 
     def __init__(
@@ -43,6 +48,7 @@ class InterDomainModule(SegmentationModule):
         lambda_ent_aux: float = 0.0002,
         lr_d: float = 1e-4,
         betas_d: tuple[float, float] = (0.9, 0.99),
+        adam_d: Literal["reference", "torch"] = "reference",
         ndf: int = 64,
         **kwargs: Any,
     ) -> None:
@@ -50,6 +56,8 @@ class InterDomainModule(SegmentationModule):
         self.automatic_optimization = False
         if method not in ("advent", "minent"):
             raise ValueError(f"method must be 'advent' or 'minent', got {method!r}")
+        if adam_d not in ("reference", "torch"):
+            raise ValueError(f"adam_d must be 'reference' or 'torch', got {adam_d!r}")
         self.levels = LEVELS if self.model.multi_level else ("main",)
         if method == "advent":
             num_classes = self.model.num_classes
@@ -178,6 +186,7 @@ class InterDomainModule(SegmentationModule):
         hp = self.hparams
         members = [self.optimizer_factory.build(self.model)]
         for level, d in zip(self.levels, self.discriminators()):
-            members.append(torch.optim.Adam([{"params": d.parameters(), "name": f"d_{level}"}], lr=hp.lr_d, betas=tuple(hp.betas_d)))
+            adam = Adam041 if hp.adam_d == "reference" else torch.optim.Adam
+            members.append(adam([{"params": d.parameters(), "name": f"d_{level}"}], lr=hp.lr_d, betas=tuple(hp.betas_d)))
         optimizer = JointOptimizer(members)
         return {"optimizer": optimizer, "lr_scheduler": self.lr_schedule.build(optimizer)}

@@ -10,7 +10,7 @@ import torch
 from torch.optim import Optimizer
 
 
-class ReferenceAdam(Optimizer):
+class Adam041(Optimizer):
     """Adam replaying PyTorch 0.4.1's step (tag v0.4.1, ``torch/optim/adam.py``, ``Adam.step``).
 
     For each parameter ``p`` with a gradient, 0.4.1 ran (its ``add_(scalar, tensor)`` forms kept):
