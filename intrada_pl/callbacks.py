@@ -1,5 +1,5 @@
-"""Callbacks: checkpoints of a run's folder, and dashboards (validation image panels and the
-per-class IoU table in W&B; TensorBoard as fallback)."""
+"""Callbacks: checkpoints of a run's folder, the exit of a run stopped by a signal, and
+dashboards (validation image panels and the per-class IoU table in W&B; TensorBoard as fallback)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ import cv2
 import numpy as np
 import torch
 import os
+import signal
+import sys
+from types import FrameType
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from intrada_pl.data.labels import colorize
 from intrada_pl.losses import normalized_entropy
@@ -22,10 +26,13 @@ class ModelCheckpoint(LightningModelCheckpoint):
 
     ``dirpath`` defaults to ``<trainer.default_root_dir>/checkpoints``, so a config's run lives in
     one stable folder and ``--ckpt_path last`` finds what it continues. Without a ``monitor``
-    (the "latest" checkpoint), it also saves when training ends: Lightning saves only after a
-    validation, so with ``max_steps`` not a multiple of the validation interval the final
-    iterations were lost and ``last.ckpt`` was stale. (Uses ModelCheckpoint's own save steps,
-    as its ``on_validation_end`` does; Lightning is pinned below 2.7.)
+    (the "latest" checkpoint), it also saves when training ends, and when a signal stops it
+    (:class:`StopOnSignal`): Lightning saves only after a validation, so with ``max_steps`` not a
+    multiple of the validation interval the final iterations were lost and ``last.ckpt`` was
+    stale, and a run stopped before its first validation left none. Lightning raises its
+    SIGTERMException at the end of a batch, so what is saved then is a whole iteration, which
+    ``--ckpt_path last`` continues exactly. (Uses ModelCheckpoint's own save steps, as its
+    ``on_validation_end`` does; Lightning is pinned below 2.7.)
     """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -34,11 +41,80 @@ class ModelCheckpoint(LightningModelCheckpoint):
         super().setup(trainer, pl_module, stage)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._save_latest(trainer)
+        super().on_train_end(trainer, pl_module)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            self._save_latest(trainer)
+        super().on_exception(trainer, pl_module, exception)
+
+    def _save_latest(self, trainer: Trainer) -> None:
         if self.monitor is None and not self._should_skip_saving_checkpoint(trainer):
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
-        super().on_train_end(trainer, pl_module)
+
+
+class StopOnSignal(Callback):
+    """SIGTERM (a scheduler's pre-emption or time limit) or SIGINT (Ctrl+C) ends a run at the end
+    of the current batch with exit status 128 + the signal's number (143, 130), where Lightning
+    exits 0 as if the run had finished; a fit saves ``last.ckpt`` first (:class:`ModelCheckpoint`).
+
+    Lightning's own SIGTERM handling does the stopping: its loops raise SIGTERMException at the
+    end of a batch (its prediction loop never does; here it does too). While a loop runs, SIGINT
+    is handed to it instead of raising a KeyboardInterrupt, which can land mid-step and leave a
+    half-stepped model to save; a second Ctrl+C kills the process at once, saving nothing. Data
+    loader workers started meanwhile inherit these handlers (and ignore the signals), so a signal
+    to the whole process group (a terminal's Ctrl+C, a scheduler) does not kill them under the
+    run. ``intrada`` adds this callback to every trainer.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.ctrl_c = False
+        self.pid = os.getpid()
+
+    def _catch_ctrl_c(self) -> None:
+        """Take SIGINT from a loop's start hook: these run after Lightning set its signal handlers,
+        so its teardown puts back the SIGINT handler that was there before the run."""
+        signal.signal(signal.SIGINT, self._on_ctrl_c)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._catch_ctrl_c()
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._catch_ctrl_c()
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._catch_ctrl_c()
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._catch_ctrl_c()
+
+    def _on_ctrl_c(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self.pid:  # a data loader worker: the run stops it
+            return
+        if self.ctrl_c:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGINT)
+        self.ctrl_c = True
+        # os.write: a print here could interrupt one to stderr (a progress bar's), which Python refuses
+        os.write(2, b"\nintrada: Ctrl+C: stopping at the end of this batch (press it again to stop at once, saving nothing)\n")
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, frame)  # Lightning's handler
+
+    def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.received_sigterm:
+            raise SIGTERMException
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException):
+            return
+        signum = signal.SIGINT if self.ctrl_c else signal.SIGTERM
+        exception.code = 128 + signum  # Lightning raises it again: the process's exit status
+        if trainer.is_global_zero:
+            fn = trainer.state.fn.value
+            where = f"at iteration {trainer.global_step}" if fn == "fit" else "before its end"
+            print(f"intrada: {fn} stopped by {signum.name} {where}; exit status {exception.code}", file=sys.stderr)
 
 
 class SegmentationPanels(Callback):

@@ -16,6 +16,9 @@ import argparse  # noqa: E402
 import difflib  # noqa: E402
 import re  # noqa: E402
 from importlib.metadata import version as package_version  # noqa: E402
+import shlex  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from typing import NoReturn  # noqa: E402
@@ -29,6 +32,7 @@ from jsonargparse import dict_to_namespace, namespace_to_dict  # noqa: E402
 from lightning.fabric.utilities.exceptions import MisconfigurationException  # noqa: E402
 from lightning.pytorch.plugins.io import TorchCheckpointIO  # noqa: E402
 
+from intrada_pl.callbacks import StopOnSignal  # noqa: E402
 from intrada_pl.checkpoint_io import AtomicCheckpointIO  # noqa: E402
 from intrada_pl.errors import BadInputError, ConfigValueError  # noqa: E402
 from intrada_pl.io import write_json  # noqa: E402
@@ -104,11 +108,12 @@ class OneLineErrorParser(LightningArgumentParser):
 
 class NamedCommandCLI(LightningCLI):
     """A LightningCLI whose help says ``usage: intrada <command>``: ``prog`` names the command
-    (``intrada calibrate-grid`` runs ``test``'s parser), else the subcommand's own name."""
+    (``intrada calibrate-grid`` runs ``test``'s parser), else the subcommand's own name; its
+    trainer stops on SIGTERM / SIGINT with exit status 128 + the signal (:class:`StopOnSignal`)."""
 
     def __init__(self, *args, prog: str | None = None, **kwargs) -> None:
         self.prog = prog
-        super().__init__(*args, parser_class=OneLineErrorParser, **kwargs)
+        super().__init__(*args, parser_class=OneLineErrorParser, trainer_defaults={"callbacks": [StopOnSignal()]}, **kwargs)
 
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
         super()._add_subcommands(parser, **kwargs)
@@ -433,14 +438,27 @@ def run() -> None:
     where jsonargparse puts a class's refusal of its arguments (``lambda_`` out of range, a
     calibration ``init_ckpt`` that is no checkpoint). Options and configs that jsonargparse
     itself refuses are reported by :class:`OneLineErrorParser`. A training run stopped by its
-    finiteness guard also ends with one line, exit status 1."""
+    finiteness guard also ends with one line, exit status 1. A run stopped by a signal exits
+    128 + its number (:class:`~intrada_pl.callbacks.StopOnSignal`; a Ctrl+C that Lightning caught
+    before the run's loops started, 130 too, not its 1), and a pipeline whose stage failed exits
+    with the stage's status."""
     try:
         main()
+    except SystemExit as stop:
+        if stop.code == 1 and isinstance(stop.__context__, KeyboardInterrupt):  # Lightning's sys.exit(1) after a Ctrl+C
+            raise SystemExit(128 + signal.SIGINT) from None
+        raise
     except FloatingPointError as error:  # a run gone non-finite (check_finite): no bad input, but no traceback either
         if os.environ.get("INTRADA_TRACEBACK"):
             raise
         print(f"intrada: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+    except subprocess.CalledProcessError as error:  # a pipeline's stage or test failed, and has said why
+        if os.environ.get("INTRADA_TRACEBACK"):
+            raise
+        status = error.returncode if error.returncode > 0 else 128 - error.returncode  # killed by a signal: as a shell says
+        print(f"intrada: error: {shlex.join(map(str, error.cmd))} ended with exit status {status}", file=sys.stderr)
+        raise SystemExit(status) from None
     except Exception as error:
         bad = _bad_input(error)
         if bad is None or os.environ.get("INTRADA_TRACEBACK"):

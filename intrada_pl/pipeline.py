@@ -18,7 +18,10 @@ made under; a stage that finishes leaves ``DONE`` holding the fingerprint too. B
 anything the pipeline plans every stage, in order (:meth:`Pipeline.plan`):
 
 - a stage that links to a stage that will run (the reason is named) runs again from scratch;
-- ``DONE`` with the current fingerprint: skipped;
+- ``DONE`` with the current fingerprint: skipped, unless the stage's outputs say it did not
+  finish (:meth:`Pipeline.unfinished`: a fit stage's ``checkpoints/last.ckpt`` gone, or short of
+  its ``trainer.max_steps`` as earlier versions left a stage stopped by SIGTERM; a ranking
+  stage's ``ranking/`` gone): then it runs again from scratch;
 - ``DONE`` with another fingerprint: runs again from scratch (the changed keys are printed);
 - no ``DONE``, a fit stage with ``checkpoints/last.ckpt``: resumes from it if
   ``stage_config.yaml`` has the current fingerprint, otherwise the pipeline refuses to start
@@ -33,6 +36,11 @@ time which stages are stale (their evaluations, kept in the stage folder, go wit
 ``stage_config.yaml`` beside it, which they also wrote before the stage started (they passed a
 predict stage's checkpoint on the command line, so that one counts as unchanged); without
 ``stage_config.yaml`` the stage is trusted and skipped.
+
+A stage is marked ``DONE`` when its child exits 0 and its outputs show it finished; a child
+that exits 0 without them is refused (:class:`PipelineError`, not marked done), and one that
+fails stops the pipeline, which exits with its status (``intrada fit`` stopped by SIGTERM:
+143, having saved ``last.ckpt``, which the next run resumes).
 
 Supervision. ``run_dir/pipeline.lock`` is held (``flock``) while a pipeline runs: a second one
 on the same folder fails at once, naming the holder's pid; the kernel drops the lock when its
@@ -73,6 +81,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from intrada_pl.errors import BadInputError
@@ -81,7 +90,7 @@ from intrada_pl.io import write_json, write_text
 CHECKPOINT_CLASSES = ("lightning.pytorch.callbacks.ModelCheckpoint", "intrada_pl.callbacks.ModelCheckpoint")
 RANKING_CLASS = "intrada_pl.stages.ranking.RankingCallback"
 LOCK_FILE = "pipeline.lock"
-GRACE_S = 10.0  # how long a stopped child may take to exit after SIGTERM
+GRACE_S = 30.0  # how long a stopped child may take to exit after SIGTERM: to end its batch and save last.ckpt
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -213,13 +222,13 @@ class Pipeline:
         done = _done_fingerprint(out / "DONE")
         if done == "":  # written by an earlier version: judged by its stage_config.yaml
             if saved is None:
-                return Step(stage, config, "skip", "done (no config recorded), skipped")
+                return self._done(stage, config, "done (no config recorded), skipped")
             if "ckpt_path" in config:
                 saved.setdefault("ckpt_path", config["ckpt_path"])
             done = fingerprint(saved)
         if done is not None:
             if done == fingerprint(config):
-                return Step(stage, config, "skip", "done, skipped")
+                return self._done(stage, config, "done, skipped")
             return Step(stage, config, "rerun", f"config changed ({_changes(saved, config)}), runs from scratch")
         last = out / "checkpoints" / "last.ckpt"
         if stage.command == "fit" and last.exists():
@@ -229,6 +238,33 @@ class Pipeline:
                 f"stage {stage.name!r}: {last} was made under another config ({_changes(saved, config)}); "
                 f"delete {out} to start the stage over, or restore its config to resume"))
         return Step(stage, config, "run", "runs")
+
+    def _done(self, stage: Stage, config: dict, reason: str) -> Step:
+        """Skip a stage marked done, unless it did not finish: then it runs again from scratch
+        (its evaluations, of what it had reached, go with its folder)."""
+        unfinished = self.unfinished(stage, config)
+        if unfinished is None:
+            return Step(stage, config, "skip", reason)
+        return Step(stage, config, "rerun", f"not finished although marked done ({unfinished}), runs from scratch")
+
+    def unfinished(self, stage: Stage, config: dict) -> str | None:
+        """Why the stage's outputs say it has not finished, or None: a fit stage's ``last.ckpt``
+        must exist and hold the config's ``trainer.max_steps`` iterations (if it sets them), a
+        predict stage with a ranking callback must have written ``ranking/``."""
+        out = self.stage_dir(stage.name)
+        trainer = config.get("trainer") or {}
+        if stage.command == "fit":
+            last = out / "checkpoints" / "last.ckpt"
+            if not last.is_file():
+                return f"{last} is missing"
+            step, max_steps = _global_step(last), trainer.get("max_steps") or -1
+            if step is None:
+                return f"{last} is no readable Lightning checkpoint"
+            return f"{last} is at iteration {step} of {max_steps}" if step < max_steps else None
+        ranking = out / "ranking"
+        if any(c.get("class_path") == RANKING_CLASS for c in trainer.get("callbacks") or []) and not ranking.is_dir():
+            return f"{ranking} is missing"
+        return None
 
     def prepare(self, step: Step) -> None:
         """Say what happens to the stage; move a stale stage folder aside."""
@@ -248,6 +284,9 @@ class Pipeline:
             args += ["--ckpt_path", str(out / "checkpoints" / "last.ckpt")]
         print(f"[pipeline] {name}: intrada {' '.join(args)}", flush=True)
         self._intrada(args)
+        unfinished = self.unfinished(step.stage, step.config)
+        if unfinished is not None:
+            raise PipelineError(f"stage {name!r}: intrada {step.stage.command} exited 0 but {unfinished}; not marked done")
         write_text(out / "DONE", f"finished\nsha256 {fingerprint(step.config)}\n")
 
     def evaluate(self, evaluation: Evaluation, test_config: Path) -> dict:
@@ -383,6 +422,15 @@ def fingerprint(config: dict) -> str:
 
 def _dump(config: dict) -> str:
     return yaml.safe_dump(config, sort_keys=True)
+
+
+def _global_step(checkpoint: Path) -> int | None:
+    """The iteration a Lightning checkpoint holds (None: unreadable); memory-mapped, so its
+    tensors are not read."""
+    try:
+        return int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except Exception:  # whatever torch.load trips over (a truncated file, another format): no iteration to read
+        return None
 
 
 def _read_yaml(path: Path) -> dict | None:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from helpers import write_yaml
@@ -26,8 +27,9 @@ from intrada_pl.pipeline import LOCK_FILE, Pipeline, PipelineError
 REPO = Path(__file__).resolve().parents[1]
 
 FAKE_INTRADA = '''
-"""intrada COMMAND --config CONFIG [...]: log the call, then sleep (FAKE_SLEEP) or write the outputs."""
-import json, os, signal, sys, time
+"""intrada COMMAND --config CONFIG [...]: log the call, then sleep (FAKE_SLEEP) or write the outputs
+(a fit's checkpoint: FAKE_CKPT, else finished.ckpt beside this file) and exit with FAKE_EXIT."""
+import json, os, shutil, signal, sys, time
 from pathlib import Path
 
 command, args = sys.argv[1], sys.argv[2:]
@@ -47,8 +49,9 @@ if command == "test":
     (out / "metrics.json").write_text(json.dumps({"mIoU": 50.0}))
 else:
     (out / "checkpoints").mkdir(exist_ok=True)
-    (out / "checkpoints" / "last.ckpt").write_text("weights")
+    shutil.copy(os.environ.get("FAKE_CKPT") or Path(__file__).with_name("finished.ckpt"), out / "checkpoints" / "last.ckpt")
     (out / "ranking").mkdir(exist_ok=True)
+sys.exit(int(os.environ.get("FAKE_EXIT", "0")))
 '''
 
 # A pipeline run in a process of its own, starting the fake instead of `intrada`.
@@ -64,6 +67,7 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 def fake(tmp_path) -> str:
     path = tmp_path / "fake_intrada.py"
     path.write_text(FAKE_INTRADA)
+    torch.save({"global_step": 4}, tmp_path / "finished.ckpt")  # stage_yaml's max_steps: a finished fit
     return str(path)
 
 

@@ -2,8 +2,8 @@
 over seeds with a rule that says whether a difference between stages exceeds the seed spread.
 
 The end-to-end runs start a tiny Python script instead of ``intrada fit|predict|test`` (as
-tests/test_pipeline_supervision.py does): its "checkpoint" records the stage and the
-``seed_everything`` it was trained with, and its "evaluation" turns them into a known mIoU.
+tests/test_pipeline_supervision.py does): its "checkpoint" (``trained.json`` beside a finished
+``last.ckpt``) records the stage and the ``seed_everything`` it was trained with, and its "evaluation" turns them into a known mIoU.
 """
 
 from __future__ import annotations
@@ -13,20 +13,22 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from helpers import write_yaml
 from intrada_pl.pipeline import LOCK_FILE, Pipeline, PipelineError, aggregate, compare, format_seeds, parse_seeds
 
 FAKE_INTRADA = '''
-"""intrada fit|predict --config C: a checkpoint naming the stage and seed; intrada test: mIoU from it."""
-import json, sys
+"""intrada fit|predict --config C: a finished checkpoint (finished.ckpt beside this file) and
+trained.json beside it, naming the stage and seed; intrada test: mIoU from them."""
+import json, shutil, sys
 from pathlib import Path
 import yaml
 
 command, args = sys.argv[1], sys.argv[2:]
 if command == "test":
-    trained = json.loads(Path(args[args.index("--ckpt") + 1]).read_text())
+    trained = json.loads(Path(args[args.index("--ckpt") + 1]).with_name("trained.json").read_text())
     out = Path(args[args.index("--output") + 1])
     out.mkdir(parents=True)
     miou = 40.0 + 2.0 * trained["seed"] + {"source_only": 0.0, "inter": 5.0}[trained["stage"]]
@@ -36,7 +38,8 @@ else:
     config = yaml.safe_load(config_path.read_text())
     (config_path.parent / "checkpoints").mkdir()
     trained = {"stage": config_path.parent.name, "seed": config["seed_everything"]}
-    (config_path.parent / "checkpoints" / "last.ckpt").write_text(json.dumps(trained))
+    shutil.copy(Path(__file__).with_name("finished.ckpt"), config_path.parent / "checkpoints" / "last.ckpt")
+    (config_path.parent / "checkpoints" / "trained.json").write_text(json.dumps(trained))
 '''
 
 
@@ -107,6 +110,7 @@ def test_seeds_are_checked():
 def fake(tmp_path) -> str:
     path = tmp_path / "fake_intrada.py"
     path.write_text(FAKE_INTRADA)
+    torch.save({"global_step": 4}, tmp_path / "finished.ckpt")  # the stages' max_steps: a finished fit
     return str(path)
 
 

@@ -225,7 +225,8 @@ class Evaluator(SegmentationEvalModule):
     Per (target, method): mIoU, per-class IoU, pixel ECE (%, ``ece_bins`` bins) and the seconds
     per image of the method itself (forward, plus TENT's backward and step; the first image's
     warm-up included). TENT methods restart from the source weights on every target. Writes
-    ``metrics.json`` to ``output_dir`` (default: the run directory), the confusion matrices
+    ``metrics.json`` to ``output_dir`` (default: the run directory) once every image is scored
+    (a run stopped earlier leaves none, not even an earlier run's), the confusion matrices
     (``confusion.json``) and a reliability diagram per labelled target and method
     (``reliability_<target>_<method>.png``). With ``save_predictions``, per image at label
     resolution, named like the input image with a ``.png`` suffix (under ``<target>/<method>/``
@@ -314,6 +315,8 @@ class Evaluator(SegmentationEvalModule):
 
     def on_test_start(self) -> None:
         self.output = Path(self.hparams.output_dir or self.trainer.log_dir or ".")
+        # metrics.json stands for a complete pass of this run only (class docstring)
+        (self.output / "metrics.json").unlink(missing_ok=True)
         num_targets = len(self.trainer.num_test_batches)
         self.target_names = list(getattr(self.trainer.datamodule, "target_names", None) or [f"target{i}" for i in range(num_targets)])
         hp = self.hparams
