@@ -4,7 +4,7 @@ Lightning's ``TorchCheckpointIO`` saves through an fsspec transaction whose temp
 the system temp folder: a killed run leaves checkpoint-sized files there, and where that folder is
 on another disk the final move is a copy, which a full disk can cut short under the checkpoint's
 own name. ``intrada fit / validate / predict`` use :class:`AtomicCheckpointIO` instead (see
-:class:`intrada_pl.cli.TrainingCLI`).
+:class:`intrada_pl.cli.lightning.TrainingCLI`).
 """
 
 from __future__ import annotations

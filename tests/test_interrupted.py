@@ -212,7 +212,7 @@ def test_done_whose_checkpoint_is_gone_or_short_runs_again(tmp_path, fake, damag
 @pytest.mark.parametrize("returncode,status", [(143, 143), (-signal.SIGKILL, 128 + signal.SIGKILL)])
 def test_the_console_script_exits_with_the_failed_stage_status(monkeypatch, capsys, returncode, status):
     """A stage's status is the pipeline's (one killed by a signal: 128 + its number, as a shell says)."""
-    from intrada_pl import cli
+    from intrada_pl.cli import dispatch as cli
 
     def stage_fails(args=None):
         raise subprocess.CalledProcessError(returncode, [sys.executable, "-m", "intrada_pl.cli", "fit", "--config", "x.yaml"])
@@ -226,7 +226,7 @@ def test_the_console_script_exits_with_the_failed_stage_status(monkeypatch, caps
 
 def test_a_ctrl_c_that_lightning_caught_exits_130(monkeypatch):
     """Before the run's loops start, a Ctrl+C is Lightning's KeyboardInterrupt, after which it exits 1."""
-    from intrada_pl import cli
+    from intrada_pl.cli import dispatch as cli
 
     def lightning_caught_ctrl_c(args=None):
         try:

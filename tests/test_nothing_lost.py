@@ -17,7 +17,8 @@ from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
 from intrada_pl import io
 from intrada_pl.checkpoint_io import AtomicCheckpointIO
-from intrada_pl.cli import TrainingCLI, main
+from intrada_pl.cli import main
+from intrada_pl.cli.lightning import TrainingCLI
 from intrada_pl.loggers import CSVLogger
 from intrada_pl.stages.ranking import atomic_dir
 from intrada_pl.stages.segmentation import SegmentationEvalModule

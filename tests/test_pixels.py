@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from intrada_pl.cli import TrainingCLI
+from intrada_pl.cli.lightning import TrainingCLI
 from intrada_pl.data import labels as L
 from intrada_pl.data import layouts
 from intrada_pl.data.datamodules import SourceTargetDataModule, SplitDataModule, TargetDataModule

@@ -176,7 +176,7 @@ def test_one_seed_keeps_the_plain_layout(tmp_path, fake):
 
 
 def test_command_line_seeds_win_and_bad_seeds_are_one_error(tmp_path, monkeypatch, capsys):
-    from intrada_pl import cli
+    from intrada_pl.cli import dispatch as cli
 
     config = str(pipeline_yaml(tmp_path, seeds=[0, 1]))
     ran = []

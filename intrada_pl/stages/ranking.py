@@ -19,7 +19,7 @@ PNG-encoded pseudo-label) and, once every image is scored, writes what the intra
       reliability.png    its figure, when there are labels or a hard_list
 
 ``--ckpt_path`` may also be a released ADVENT ``.pth`` (a bare state dict): the CLI loads it into
-the configured module (:class:`intrada_pl.cli.TrainingCLI`).
+the configured module (:class:`intrada_pl.cli.lightning.TrainingCLI`).
 
 The whole ``ranking/`` folder is built beside the old one and swapped in at the end, so the
 files always belong to one run: a crash leaves the previous ranking (or none), never a mix.

@@ -1,0 +1,292 @@
+"""The Lightning commands: ``fit`` / ``validate`` / ``predict`` are LightningCLI subcommands over any
+stage and data module (YAML configs, ``--trainer.*`` overrides); ``test`` is a LightningCLI of its
+own around the :class:`~intrada_pl.stages.evaluation.Evaluator`, so ``--ckpt`` can take our
+checkpoints, released reference ``.pth`` files, or several of them as an ensemble."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import NoReturn
+
+from jsonargparse import dict_to_namespace, namespace_to_dict
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from intrada_pl.callbacks import StopOnSignal
+from intrada_pl.checkpoint_io import AtomicCheckpointIO
+from intrada_pl.cli.report import fail
+from intrada_pl.errors import BadInputError
+from intrada_pl.loggers import RunRecord
+from intrada_pl.models.factory import release_spec
+from intrada_pl.models.weights import CheckpointMismatchError, is_lightning_checkpoint, read_checkpoint, unwrap_state_dict
+from intrada_pl.progress import ConsoleProgressBar
+from intrada_pl.runs import default_callbacks, default_loggers, place_loggers, resolve_resume, run_folder
+from intrada_pl.stages.evaluation import EvaluationDataModule, Evaluator
+from intrada_pl.stages.hparams import differences, upgrade_hparams
+from intrada_pl.stages.segmentation import SegmentationEvalModule
+
+# Imported so that short class names (``SegmentationModule``, ``SourceTargetDataModule``) resolve in configs.
+from intrada_pl.data import datamodules  # noqa: F401
+from intrada_pl.stages import calibration, inter, intra, segmentation  # noqa: F401
+
+EVALUATION_COMMANDS = ("test", "calibrate-grid", "calibrate-layers")
+
+
+class TrainerSettingError(BadInputError):
+    """A Trainer setting Lightning refuses (``--trainer.accelerator gpu`` without a GPU)."""
+
+
+@contextmanager
+def lightning_errors() -> Iterator[None]:
+    """Lightning's refusal of a Trainer setting, anywhere in an error's chain, as bad input."""
+    try:
+        yield
+    except Exception as error:
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, MisconfigurationException):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise TrainerSettingError(f"{cause} (a trainer setting Lightning refuses: see --trainer.*)") from error
+
+
+def training_main(command: str, args: Sequence[str]) -> None:
+    """``intrada fit|validate|predict ARGS``."""
+    with lightning_errors():
+        TrainingCLI(
+            SegmentationEvalModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=RunRecord,
+            save_config_kwargs={"overwrite": True},
+            args=one_dialect([command, *args], command),
+        )
+
+
+def test_main(args: Sequence[str]) -> None:
+    """``intrada test ARGS``."""
+    with lightning_errors():
+        EvaluationCLI(Evaluator, EvaluationDataModule, save_config_callback=None, args=repeatable_ckpt(["test", *args]))
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """LightningCLI's parser, reporting a bad option or config value as one ``intrada: error:`` line
+    naming the option (``--data.resize: Expected one of 'pil', 'opencv'. Got value: bicubic``)
+    instead of the whole usage and jsonargparse's nested message, which ``INTRADA_TRACEBACK=1``
+    still shows."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error or os.environ.get("INTRADA_TRACEBACK"):  # jsonargparse trying alternatives, or asked for all
+            super().error(message, ex)
+        keys: list[str] = []
+        cause: BaseException | None = ex
+        while cause is not None:  # jsonargparse chains one error per nesting level, each naming its key
+            key = re.match(r'Parser key "([^"]+)":', str(cause))
+            if key and key[1] not in keys:
+                keys.append(key[1])
+            message, cause = str(cause), cause.__cause__
+        message = " ".join(message.split())
+        message = re.sub(r"<class '([\w.]+)'>", r"\1", re.sub(r"(?:a )?(?:typing\.)?Literal\[(.*?)\]", r"one of \1", message))
+        fail(f"--{'.'.join(keys)}: {message}" if keys else message)
+
+
+class NamedCommandCLI(LightningCLI):
+    """A LightningCLI whose help says ``usage: intrada <command>``: ``prog`` names the command
+    (``intrada calibrate-grid`` runs ``test``'s parser), else the subcommand's own name; its
+    trainer stops on SIGTERM / SIGINT with exit status 128 + the signal (:class:`StopOnSignal`)."""
+
+    def __init__(self, *args, prog: str | None = None, **kwargs) -> None:
+        self.prog = prog
+        super().__init__(*args, parser_class=OneLineErrorParser, trainer_defaults={"callbacks": [StopOnSignal()]}, **kwargs)
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        for name, subcommand_parser in self._subcommand_parsers.items():
+            subcommand_parser.prog = self.prog or f"intrada {name}"
+
+
+class TrainingCLI(NamedCommandCLI):
+    """fit / validate / predict over any stage (``test`` has its own CLI, see :class:`EvaluationCLI`).
+
+    A config's run lives in ``trainer.default_root_dir`` (:mod:`intrada_pl.runs`): loggers without
+    ``save_dir`` log there, ``--ckpt_path last`` resumes its ``last.ckpt`` or fails, and
+    ``--ckpt_path last_if_present`` resumes it or starts fresh.
+
+    ``--ckpt_path`` takes our Lightning checkpoints, restored by Lightning (class and architecture
+    from their hyperparameters), and, for validate / predict, a bare DeepLabV2 state dict such as
+    the released ADVENT / IntraDA ``.pth``: Lightning cannot restore that, so the configured
+    module gets the segmenter rebuilt from it instead (architecture read off the weights, as
+    ``intrada test`` does). The summary of a ranking names it like any checkpoint.
+    """
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        commands = LightningCLI.subcommands()
+        return {name: commands[name] for name in ("fit", "validate", "predict")}
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, auto_configure_optimizers=False, **kwargs)  # optimisers are the stages' components
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        super().parse_arguments(parser, args)
+        command = self.config.get("subcommand")
+        if command:  # the run folder (intrada_pl.runs): loggers' save_dir, --ckpt_path last / last_if_present
+            config = self.config[command]
+            place_loggers(config.trainer)
+            config.ckpt_path = resolve_resume(config.get("ckpt_path"), config.trainer)
+
+    def _parse_ckpt_path(self) -> None:
+        """What ``--ckpt_path`` holds, decided from its keys (memory-mapped: the tensors are read
+        once, when the weights are loaded), instead of LightningCLI's overlay of the checkpoint's
+        hyper-parameters on the command line, which silently dropped the user's overrides.
+
+        - validate / predict: the configured stage runs the file's network (a stage checkpoint's
+          ``segmenter`` block, or the configured one for a bare state dict such as a released
+          ``.pth``) starting from the file's weights (``segmenter.init_args.pretrained``), so any
+          stage's checkpoint can be validated or ranked under any stage's config. A stage without
+          a ``segmenter`` argument (calibration) restores its own checkpoints.
+        - fit (resume): the checkpoint must come from the configured stage and its settings must
+          equal the command's (initial weight files aside): otherwise one error lists what differs.
+        """
+        command = self.config.get("subcommand")
+        config = self.config[command] if command else {}
+        path = config.get("ckpt_path")
+        if not path or not os.path.isfile(path):  # "best", or a missing file: Lightning's to report
+            return
+        blob = read_checkpoint(path, mmap=True)
+        lightning = is_lightning_checkpoint(blob)
+        saved = upgrade_hparams(blob.get("hyper_parameters") or {}) if lightning else {}
+        stage, configured = saved.get("_class_path"), config.model.class_path
+        same_stage = stage is None or stage.rsplit(".", 1)[-1] == configured.rsplit(".", 1)[-1]
+        model = config.model.init_args
+        if command == "fit":
+            if not lightning:
+                raise CheckpointMismatchError(
+                    f"{path} holds weights, not a Lightning checkpoint to resume training from; "
+                    f"start from them with --model.init_args.segmenter.init_args.pretrained {path}")
+            if not same_stage:
+                raise CheckpointMismatchError(f"{path} is a checkpoint of {stage}, not of {configured} (the config's stage): resume it with its own stage's config")
+            changed = differences(saved, namespace_to_dict(model))
+            if changed:
+                raise CheckpointMismatchError(
+                    f"--ckpt_path {path} was trained with other model settings than this command's ({'; '.join(changed)}); "
+                    "resume with the settings it was trained with, or start a new run in another --trainer.default_root_dir")
+            return
+        if "segmenter" not in model:
+            if not (lightning and same_stage):
+                raise CheckpointMismatchError(f"{path} is not a checkpoint of {configured}, the only kind its config can {command}")
+            return
+        if saved.get("calibration"):
+            raise CheckpointMismatchError(
+                f"{path} is a {saved['calibration']} calibration checkpoint: evaluate it with intrada test --method {saved['calibration']}")
+        spec = saved["segmenter"] if lightning else release_spec(unwrap_state_dict(blob), path)
+        model.segmenter = dict_to_namespace({**spec, "init_args": {**spec.get("init_args", {}), "pretrained": path}})
+        config.ckpt_path = None
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """Lightning's Trainer, with the run's default loggers and callbacks where the config names
+        none (:mod:`intrada_pl.runs`), saving checkpoints beside their target (:class:`AtomicCheckpointIO`)
+        unless a CheckpointIO plugin was given, with its loggers that are callbacks too (the
+        CSVLogger's resume hook, :class:`intrada_pl.loggers.CSVLogger`) among its callbacks, and
+        with :class:`ConsoleProgressBar` unless the config names a progress bar or disables it."""
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = config.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        if config.get("logger") in (None, True):  # not configured: the run's default dashboards
+            kwargs["logger"] = default_loggers(run_folder(config))
+        if config.get("enable_checkpointing") is not False:
+            callbacks = [*callbacks, *default_callbacks(self.subcommand, callbacks, logging=config.get("logger") is not False)]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks = [*callbacks, ConsoleProgressBar()]
+        kwargs["callbacks"] = callbacks
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        trainer.callbacks += [logger for logger in trainer.loggers if isinstance(logger, Callback) and logger not in trainer.callbacks]
+        return trainer
+
+class EvaluationCLI(NamedCommandCLI):
+    """``intrada test``: the Evaluator on one or several targets, with short flags for the common options."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {"test": {"model", "dataloaders", "datamodule"}}
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--ckpt", type=list[str], default=[], help="checkpoint(s) to evaluate; repeat for a logit ensemble")
+        parser.add_argument("--output", type=str | None, default=None, help="where metrics.json and predictions go (default: the run directory)")
+        parser.add_argument("--save_predictions", type=bool, default=False, help="write label-ID, colour, overlay and error-map PNGs")
+        parser.link_arguments("ckpt", "model.checkpoints")
+        parser.link_arguments("output", "model.output_dir")
+        parser.link_arguments("save_predictions", "model.save_predictions")
+        parser.add_argument(
+            "--calibration", type=list[str], default=[],
+            help="test-time method(s): none, manual[@M], bn_adapt, adabn, instcal_u, instcal_c, tent, instcal_u+tent, instcal_c+tent; "
+                 "repeat to compare; METHOD[GROUP,...] restricts it to BatchNorm layers (stem, layer1..4, name patterns, -GROUP: all but)",
+        )
+        parser.add_argument("--strength", type=float, default=0.1, help="m of a plain 'manual' method")
+        parser.add_argument("--strengths", type=list[float], default=[], help="adds manual@M for each M (comma-separated)")
+        parser.link_arguments(
+            ("calibration", "strengths"), "model.calibrations", compute_fn=lambda methods, ms: [*methods, *(f"manual@{m:g}" for m in ms)]
+        )
+        parser.link_arguments("strength", "model.strength")
+
+
+def one_dialect(args: list[str], command: str) -> list[str]:
+    """One spelling for every command: ``--ckpt_path`` and ``--ckpt`` name checkpoints, ``--data.X``
+    and ``--data.init_args.X`` (``--model.*`` too) set options, whatever the command's parser is
+    (``fit``/``validate``/``predict`` choose classes from the config; ``test`` has fixed ones)."""
+    if command not in EVALUATION_COMMANDS:
+        args = _nested_nulls(args)
+        return [("--ckpt_path" + arg[len("--ckpt"):]) if arg.partition("=")[0] == "--ckpt" else arg for arg in args]
+    out = []
+    for arg in args:
+        arg = arg.replace("--data.init_args.", "--data.", 1).replace("--model.init_args.", "--model.", 1)
+        out.append(("--ckpt" + arg[len("--ckpt_path"):]) if arg.partition("=")[0] == "--ckpt_path" else arg)
+    return out
+
+
+def _nested_nulls(args: list[str]) -> list[str]:
+    """``--model.init_args.segmenter.init_args.pretrained null`` -> ``--model.init_args.segmenter
+    {"init_args": {"pretrained": null}}``: jsonargparse (4.53) reads a ``null`` given on the command
+    line for an argument of a class nested in another config class as the string ``'None'``, but
+    a ``null`` inside a mapping as None."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        flag, eq, value = args[i].partition("=")
+        if not eq and i + 1 < len(args):
+            value = args[i + 1]
+        prefix, marker, leaf = flag.rpartition(".init_args.")
+        if flag.startswith("--") and marker and ".init_args." in prefix and "." not in leaf and value == "null":
+            out.append(f'{prefix}={{"init_args": {{"{leaf}": null}}}}')
+            i += 1 if eq else 2
+            continue
+        out.append(args[i])
+        i += 1
+    return out
+
+
+def repeatable_ckpt(args: list[str]) -> list[str]:
+    """``--ckpt a --ckpt b`` -> ``--ckpt+ a --ckpt+ b`` (jsonargparse's list-append syntax), the same
+    for ``--calibration``; ``--strengths 0,0.5`` -> ``--strengths [0,0.5]``; in :func:`one_dialect`."""
+    out = []
+    for arg in one_dialect(args, "test"):
+        flag, eq, value = arg.partition("=")
+        if flag in ("--ckpt", "--calibration"):
+            out.append(f"{flag}+{eq}{value}")
+        elif flag == "--strengths" and eq and not value.startswith("["):
+            out.append(f"--strengths=[{value}]")
+        elif out and out[-1] == "--strengths" and not arg.startswith("["):
+            out.append(f"[{arg}]")
+        elif arg == "--save_predictions":
+            out.append("--save_predictions=true")
+        else:
+            out.append(arg)
+    return out

@@ -1,0 +1,37 @@
+"""The dispatcher (intrada_pl/cli/dispatch.py): commands that need no Lightning start without it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import json, sys
+from intrada_pl.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+heavy = ("lightning", "torchmetrics", "intrada_pl.stages", "intrada_pl.cli.lightning", "wandb")
+print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in heavy or name in heavy)))
+"""
+
+
+@pytest.mark.parametrize("command", [["--version"], ["--help"], ["inspect", "--help"], ["toy-data", "--help"], ["pipeline", "--help"], ["tset"]])
+def test_light_commands_import_neither_lightning_nor_the_stages(command):
+    done = subprocess.run([sys.executable, "-c", PROBE, *command], capture_output=True, text=True, timeout=120)
+    imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [m for m in imported if m.startswith(("lightning", "torchmetrics", "intrada_pl.stages", "intrada_pl.cli.lightning", "wandb"))] == []
+
+
+def test_version_and_unknown_command(capsys):
+    from intrada_pl.cli import main
+
+    main(["--version"])
+    assert capsys.readouterr().out.startswith("intrada ")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tset"])
+    assert exit_info.value.code == 2 and "did you mean 'test'?" in capsys.readouterr().err
