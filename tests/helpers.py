@@ -54,10 +54,12 @@ SEGMENTER_KEYS = ("depth", "num_classes", "multi_level", "preprocessing", "pretr
 SCHEDULE_KEYS = {"schedule_steps": "total_steps", "poly_power": "power", "warmup_steps": "warmup_steps", "warmup_factor": "warmup_factor"}
 
 
-def stage_args(depth: int = 18, lr: float = 0.01, schedule_steps: int = 4, optimizer: str = "ReferenceSGD", **rest) -> dict:
-    """A stage's ``init_args`` from the few settings tests vary: a DeepLabV2 (depth 18), its optimiser
-    (``optimizer`` at ``lr``) and poly schedule (``schedule_steps``, ``warmup_*``); the rest as given.
-    With ``init_ckpt`` (calibration) there is no segmenter block and the optimiser is Adam."""
+def stage_args(depth: int = 18, lr: float = 0.01, schedule_steps: int = 4, optimizer: str = "ReferenceSGD",
+               network: dict | None = None, **rest) -> dict:
+    """A stage's ``init_args`` from the few settings tests vary: a DeepLabV2 (depth 18) or the given
+    ``network`` block, its optimiser (``optimizer`` at ``lr``) and poly schedule (``schedule_steps``,
+    ``warmup_*``); the rest as given. With ``init_ckpt`` (calibration) there is no segmenter block and
+    the optimiser is Adam."""
     segmenter = {k: rest.pop(k) for k in SEGMENTER_KEYS if k in rest}
     schedule = {new: rest.pop(old) for old, new in SCHEDULE_KEYS.items() if old in rest}
     schedule.setdefault("total_steps", schedule_steps)
@@ -65,7 +67,7 @@ def stage_args(depth: int = 18, lr: float = 0.01, schedule_steps: int = 4, optim
         schedule.setdefault("warmup_steps", 0)  # the stage's 1000 would not fit in a test's few steps
         optimizer_block = {"class_path": "intrada_pl.optim.Adam", "init_args": {"lr": lr, "weight_decay": 0.0}}
     else:
-        rest["segmenter"] = {"class_path": "intrada_pl.models.DeepLabV2", "init_args": {"depth": depth, **segmenter}}
+        rest["segmenter"] = network or {"class_path": "intrada_pl.models.DeepLabV2", "init_args": {"depth": depth, **segmenter}}
         optimizer_block = {"class_path": f"intrada_pl.optim.{optimizer}", "init_args": {"lr": lr}}
     return {**rest, "optimizer": optimizer_block, "lr_scheduler": {"class_path": "intrada_pl.optim.Poly", "init_args": schedule}}
 

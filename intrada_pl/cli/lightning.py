@@ -23,8 +23,8 @@ from intrada_pl.checkpoint_io import AtomicCheckpointIO
 from intrada_pl.cli.report import fail
 from intrada_pl.errors import BadInputError
 from intrada_pl.loggers import RunRecord
-from intrada_pl.models.factory import release_spec
-from intrada_pl.models.weights import CheckpointMismatchError, is_lightning_checkpoint, read_checkpoint, unwrap_state_dict
+from intrada_pl.models.factory import release_spec_and_state
+from intrada_pl.models.weights import CheckpointMismatchError, is_lightning_checkpoint, read_checkpoint
 from intrada_pl.progress import ConsoleProgressBar
 from intrada_pl.runs import default_callbacks, default_loggers, place_loggers, resolve_resume, run_folder
 from intrada_pl.stages.evaluation import EvaluationDataModule, Evaluator
@@ -185,7 +185,7 @@ class TrainingCLI(NamedCommandCLI):
         if saved.get("calibration"):
             raise CheckpointMismatchError(
                 f"{path} is a {saved['calibration']} calibration checkpoint: evaluate it with intrada test --method {saved['calibration']}")
-        spec = saved["segmenter"] if lightning else release_spec(unwrap_state_dict(blob), path)
+        spec = saved["segmenter"] if lightning else release_spec_and_state(blob, path)[0]
         model.segmenter = dict_to_namespace({**spec, "init_args": {**spec.get("init_args", {}), "pretrained": path}})
         config.ckpt_path = None
 

@@ -5,6 +5,7 @@ from intrada_pl.models.deeplabv2 import DeepLabV2, reference_lr_multiplicity
 from intrada_pl.models.discriminator import FCDiscriminator
 from intrada_pl.models.factory import SegmenterInfo, build_segmenter, load_segmenter
 from intrada_pl.models.preprocessing import PREPROCESSING, InputNormalization
+from intrada_pl.models.segformer import SegFormer
 from intrada_pl.models.segmenter import ParamGroup, Segmenter
 from intrada_pl.models.weights import (
     CheckpointMismatchError,
@@ -21,6 +22,7 @@ __all__ = [
     "FCDiscriminator",
     "InputNormalization",
     "ParamGroup",
+    "SegFormer",
     "Segmenter",
     "SegmenterInfo",
     "build_segmenter",

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from intrada_pl.models.bn_calibration import LEARNED_MODES, convert_batchnorm
 from intrada_pl.models.deeplabv2 import DeepLabV2
+from intrada_pl.models.segformer import release_spec_and_state as segformer_release
 from intrada_pl.models.segmenter import Segmenter
 from intrada_pl.models.weights import (
     ACCEPTED_CHECKPOINTS,
@@ -97,8 +98,9 @@ def segmenter_from_checkpoint(blob: Mapping, path: str | Path, num_classes: int 
         spec = checkpoint_spec(hparams, state, str(path))
         kind, stage = "lightning", hparams.get("_class_path")
     else:
-        hparams, state = {}, unwrap_state_dict(blob)
-        spec, kind, stage = release_spec(state, str(path)), "release", None
+        hparams = {}
+        spec, state = release_spec_and_state(blob, str(path))
+        kind, stage = "release", None
     segmenter = build_segmenter(spec)
     if num_classes is not None and segmenter.num_classes != num_classes:
         raise CheckpointMismatchError(f"{path} has {segmenter.num_classes} classes but {num_classes} are expected (the dataset's class count)")
@@ -126,9 +128,17 @@ def _deeplab_spec(init_args: Mapping[str, Any]) -> dict[str, Any]:
     return {"class_path": f"{DeepLabV2.__module__}.{DeepLabV2.__qualname__}", "init_args": {**dict(init_args), "pretrained": None}}
 
 
-def release_spec(state: Mapping[str, Tensor], source: str) -> dict[str, Any]:
-    """The network a released state dict fits, recognised by its keys (the released ADVENT / IntraDA
-    DeepLabV2 files expect ``caffe_bgr`` input, the pre-processing they were trained with)."""
+def release_spec_and_state(blob: Mapping, source: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The network a released file fits and its weights in our module names, recognised by its keys:
+    a MiT-family segmentation file (SegFormer, DAFormer / HRDA / MIC, mmseg, Hugging Face:
+    :func:`~intrada_pl.models.segformer.release_spec_and_state`) or a DeepLabV2 state dict (the
+    released ADVENT / IntraDA files expect ``caffe_bgr`` input, the pre-processing they were trained with)."""
+    mit = segformer_release(blob, source)
+    if mit is not None:
+        spec, state, _ = mit
+        return spec, state
+    state = unwrap_state_dict(blob)
     if DEEPLAB_MAIN_HEAD not in state:
-        raise CheckpointMismatchError(f"{source} holds no segmentation network this package knows (no {DEEPLAB_MAIN_HEAD}); expected {ACCEPTED_CHECKPOINTS}")
-    return _deeplab_spec({**infer_architecture(state, source), "preprocessing": "caffe_bgr"})
+        raise CheckpointMismatchError(f"{source} holds no segmentation network this package knows (no {DEEPLAB_MAIN_HEAD}, "
+                                      f"no MiT-family layout); expected {ACCEPTED_CHECKPOINTS}")
+    return _deeplab_spec({**infer_architecture(state, source), "preprocessing": "caffe_bgr"}), state

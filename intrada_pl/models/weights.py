@@ -32,8 +32,9 @@ class CheckpointMismatchError(BadInputError, ValueError):
 LIGHTNING_SEGMENTER_PREFIX = "model."
 #: What every command taking segmentation weights accepts, for error messages.
 ACCEPTED_CHECKPOINTS = (
-    "a Lightning checkpoint (.ckpt) written by `intrada fit`, or a DeepLabV2 state dict (.pth) "
-    "saved with torch.save(model.state_dict()) such as the released ADVENT / IntraDA models"
+    "a Lightning checkpoint (.ckpt) written by `intrada fit`, a DeepLabV2 state dict (.pth) "
+    "saved with torch.save(model.state_dict()) such as the released ADVENT / IntraDA models, "
+    "or a released SegFormer / DAFormer / HRDA / MIC segmentation file"
 )
 
 
