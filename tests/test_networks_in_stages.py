@@ -5,6 +5,9 @@ backbone (ConvNeXt, DAFormer head), through the real CLI, with random weights.""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,3 +131,31 @@ def test_shipped_mit_b5_pipeline_plans(monkeypatch):
     steps = Pipeline.from_yaml("configs/mit_b5/pipeline_gta5.yaml").plan()
     assert [s.stage.name for s in steps] == ["inter", "rank", "intra"]
     assert all("mit_b5" in s.stage.config for s in steps)
+
+
+def test_adversarial_stage_on_mit_in_bf16_with_activation_checkpointing(toy_root, tmp_path):
+    """bf16-mixed and activation checkpointing on MiT as on DeepLabV2: finite losses, the run completes."""
+    network = {"class_path": "intrada_pl.models.SegFormer",
+               "init_args": {"encoder": "mit_b0", "head": "segformer", "activation_checkpointing": True}}
+    config = fit_config(toy_root, tmp_path, stage=INTER)
+    config["model"]["init_args"] = stage_args(network=network, optimizer="AdamW", lr=6e-5)
+    config["trainer"].update(max_steps=2, val_check_interval=2, precision="bf16-mixed")
+    main(["fit", "--config", write_yaml(tmp_path / "fit.yaml", config)])
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.system
+def test_adversarial_stage_on_mit_under_ddp_keeps_ranks_identical(toy_root, tmp_path):
+    verdict_path = tmp_path / "verdict.json"
+    config = fit_config(toy_root, tmp_path, stage=INTER)
+    config["model"]["init_args"] = stage_args(network=NETWORKS["mit_b0"], optimizer="AdamW", lr=6e-5)
+    config["trainer"].update(devices=2, strategy="ddp", max_steps=2, val_check_interval=2, num_sanity_val_steps=0)
+    config["trainer"]["callbacks"].append({"class_path": "probes.DDPProbe", "init_args": {"out": str(verdict_path)}})
+    config["data"]["init_args"]["batch_size"] = 1
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests")}
+    result = subprocess.run([sys.executable, "-m", "intrada_pl.cli", "fit", "--config", write_yaml(tmp_path / "fit.yaml", config)],
+                            capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    verdict = json.loads(verdict_path.read_text())
+    assert verdict["world_size"] == 2 and verdict["generator"] and verdict["discriminators"]
