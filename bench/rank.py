@@ -15,13 +15,14 @@ Each variant runs ``--repeats`` times, interleaved (the machine may be shared), 
 image; the best time counts. Prints images/s per variant and the ratios to the reference.
 Weights are random: throughput does not depend on them.
 
-    python bench/rank.py [--depth 50] [--size 512 256] [--images 12] [--batch-size 4] [--repeats 1] [--no-bf16]
+    python bench/rank.py [--depth 50] [--size 512 256] [--images 12] [--batch-size 4] [--repeats 1] [--no-bf16] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import math
 import os
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="also time ours with bf16-mixed + channels_last")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -127,6 +129,11 @@ def main() -> None:
         rate = args.images / seconds
         print(f"  {name:<45} {seconds:7.2f} s  {rate:6.2f} images/s  x{rate / reference_rate:.2f}")
     print(f"  max |score ours fp32 - reference| = {max_diff:.2e}")
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump({"depth": args.depth, "size": list(size), "images": args.images, "batch_size": args.batch_size,
+                       "images_per_second": {name: args.images / seconds for name, seconds in times.items()},
+                       "max_score_difference": max_diff}, file, indent=2)
 
 
 if __name__ == "__main__":

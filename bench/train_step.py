@@ -30,39 +30,12 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
+from bench_data import FixedBatches, IterationClock  # noqa: E402
 from intrada_pl.losses import adversarial_loss, segmentation_loss, self_information  # noqa: E402
 from intrada_pl.models import DeepLabV2  # noqa: E402
 from intrada_pl.stages.inter import SOURCE, TARGET, InterDomainModule  # noqa: E402
-
-
-class FixedBatches(Dataset):
-    """``n`` random items of one size held in memory (no I/O in either path)."""
-
-    def __init__(self, n: int, height: int, width: int, seed: int) -> None:
-        gen = torch.Generator().manual_seed(seed)
-        self.images = torch.randint(0, 256, (n, 3, height, width), generator=gen, dtype=torch.uint8)
-        self.labels = torch.randint(0, 19, (n, height, width), generator=gen)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "label": self.labels[i], "name": str(i)}
-
-
-class IterationClock(L.Callback):
-    def __init__(self) -> None:
-        self.starts: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize()
-        self.starts.append(time.perf_counter())
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.on_train_batch_start(trainer, pl_module, None, -1)
 
 
 def lightning_iterations(module: InterDomainModule, loaders: dict, args) -> list[float]:
@@ -73,7 +46,7 @@ def lightning_iterations(module: InterDomainModule, loaders: dict, args) -> list
         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[clock],
     )
     trainer.fit(module, train_dataloaders=loaders)
-    return [b - a for a, b in zip(clock.starts[1:], clock.starts[2:])]  # the first (warm-up) iteration dropped
+    return clock.intervals()
 
 
 def finite(terms: list[torch.Tensor]) -> None:
@@ -149,6 +122,7 @@ def main() -> None:
     parser.add_argument("--accelerator", default="gpu" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--json", default=None, help="also write the numbers to this file")
     parser.add_argument("--worker", choices=("lightning", "bare"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -170,6 +144,11 @@ def main() -> None:
     for side in results:
         print(f"{side:9s}: {seconds[side]:.3f} s/iteration (median of {len(results[side]['times'])}), {memory} {peak[side] / 2**30:.2f} GiB")
     print(f"ratio lightning/bare: time {seconds['lightning'] / seconds['bare']:.3f}, memory {peak['lightning'] / peak['bare']:.3f}")
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump({"device": device, "depth": args.depth, "precision": args.precision, "source": list(args.source),
+                       "target": list(args.target), "seconds_per_iteration": seconds, "peak_gib": {s: v / 2**30 for s, v in peak.items()}},
+                      file, indent=2)
 
 
 if __name__ == "__main__":
