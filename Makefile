@@ -14,7 +14,7 @@ quote = '$(subst ','\'',$(1))'
 # DEMO_DATA also names a make target, and make splits target names at spaces.
 $(if $(word 2,$(DEMO_DATA)),$(error DEMO_DATA must not contain spaces (it names a make target): '$(DEMO_DATA)'))
 
-.PHONY: install test demo demo-seeds clean-demo rank pipeline
+.PHONY: install test test-all demo demo-seeds clean-demo rank pipeline
 
 install: $(VENV)/.installed
 
@@ -23,7 +23,12 @@ $(VENV)/.installed: pyproject.toml
 	$(call quote,$(BIN)/pip) install -q -e ".[dev]"
 	touch $(call quote,$@)
 
+# The fast tier (unit and fast integration tests, a few minutes on 2 cores); test-all adds the system
+# tests (processes started and killed, DDP, whole pipelines, other versions' code): what CI runs.
 test: install
+	$(call quote,$(BIN)/python) -m pytest -q -m "not system"
+
+test-all: install
 	$(call quote,$(BIN)/python) -m pytest -q
 
 $(DEMO_DATA)/toy_meta.json: | install
