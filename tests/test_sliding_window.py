@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from intrada_pl.models.sliding_window import sliding_window_logits, window_starts
+from intrada_pl.inference import sliding_window_logits, window_starts
 
 
 def test_window_starts_cover_the_axis_and_end_at_the_border():

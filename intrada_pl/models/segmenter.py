@@ -13,7 +13,7 @@ from typing import TypedDict
 
 from torch import Tensor, nn
 
-from intrada_pl.components import Component
+from intrada_pl.models.components import Component
 
 # Normalisation layers calibration and test-time methods may touch.
 NORM_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)

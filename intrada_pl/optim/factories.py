@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from intrada_pl.components import Component
+from intrada_pl.models.components import Component
 from intrada_pl.errors import ConfigValueError
 from intrada_pl.models.segmenter import ParamGroup, Segmenter
 from intrada_pl.optim.replay import SGD041

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from intrada_pl.components import Component
+from intrada_pl.models.components import Component
 from intrada_pl.errors import ConfigValueError
 
 
