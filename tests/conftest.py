@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -19,3 +21,14 @@ def toy_root(tmp_path_factory):
     spec = ToySpec(source_images=8, target_train=6, target_val=4, source_size=(128, 72), target_size=(128, 64))
     generate(root, spec)
     return root
+
+
+@pytest.fixture(autouse=True)
+def log_to_this_tests_stderr(monkeypatch):
+    """Logging handlers that a library made while an earlier test captured stderr hold that test's
+    closed stream; point them at this test's, so a log line is output, not a 'Logging error'."""
+    loggers = [logging.getLogger(), *(logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if type(handler) is logging.StreamHandler and getattr(handler.stream, "closed", False):
+                monkeypatch.setattr(handler, "stream", sys.stderr)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import eval_config, fit_config, write_yaml
+from helpers import eval_config, fit_config, stage_args, write_yaml
 from intrada_pl.cli import run
 from intrada_pl.data import layouts
 from intrada_pl.data.datasets import Cityscapes, ImageFileError
@@ -268,6 +268,47 @@ def nothing_to_resume(c: Case):
     return c.fit("--ckpt_path", "last"), ["--ckpt_path last: no last.ckpt to resume in", str(c.tmp / "run" / "checkpoints")]
 
 
+def negative_learning_rate(c: Case):
+    return c.fit("--model.init_args.optimizer.init_args.lr", "-0.1"), ["optimizer: lr and weight_decay must be >= 0", "lr=-0.1"]
+
+
+def zero_schedule_steps(c: Case):
+    return c.fit("--model.init_args.lr_scheduler.init_args.total_steps", "0"), ["lr_scheduler: total_steps must be positive, got 0"]
+
+
+def directory_as_ckpt_path(c: Case):
+    return c.fit("--ckpt_path", str(c.tmp)), [f"--ckpt_path {c.tmp} is a directory", "last.ckpt"]
+
+
+def nan_weights(c: Case) -> str:
+    state = DeepLabV2(19, depth=18).state_dict()
+    state["layer6.conv2d_list.0.weight"][0, 0, 0, 0] = float("nan")
+    path = c.tmp / "diverged.pth"
+    torch.save(state, path)
+    return str(path)
+
+
+def non_finite_checkpoint_to_test(c: Case):
+    path = nan_weights(c)
+    return ["test", "--config", write_yaml(c.tmp / "t.yaml", eval_config(c.toy)), "--ckpt", path], [path, "non-finite weights (layer6.conv2d_list.0.weight)"]
+
+
+def non_finite_checkpoint_to_rank(c: Case):
+    path = nan_weights(c)
+    return c.rank("--ckpt_path", path), [path, "non-finite weights (layer6.conv2d_list.0.weight)"]
+
+
+def calibration_checkpoint_as_init_ckpt(c: Case):
+    from intrada_pl.stages.calibration import CalibrationModule
+
+    module = CalibrationModule(str(c.weights))
+    path = c.tmp / "calibrated.ckpt"
+    torch.save({"pytorch-lightning_version": "2.6", "state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    config = fit_config(c.toy, c.tmp / "calib", stage="intrada_pl.stages.calibration.CalibrationModule")
+    config["model"]["init_args"] = stage_args(init_ckpt=str(path))
+    return ["fit", "--config", write_yaml(c.tmp / "calib.yaml", config)], [f"init_ckpt {path} is already calibrated (instcal_u)"]
+
+
 CASES = [
     truncated_label, truncated_image, truncated_jpeg, zero_byte_image, non_utf8_image_name, non_utf8_image_name_to_rank,
     image_is_a_directory, image_is_a_dangling_symlink, image_is_a_symlink_loop, label_not_an_image, label_of_another_size, truncated_pseudo_label,
@@ -278,6 +319,8 @@ CASES = [
     toy_data_negative_count, toy_data_zero_count, toy_data_negative_seed,
     missing_config, yaml_syntax_error, pipeline_yaml_syntax_error, unknown_resize, learning_rate_not_a_number, misspelt_option,
     dataset_root_is_a_file, empty_list_file, accelerator_not_available, nothing_to_resume,
+    negative_learning_rate, zero_schedule_steps, directory_as_ckpt_path, non_finite_checkpoint_to_test, non_finite_checkpoint_to_rank,
+    calibration_checkpoint_as_init_ckpt,
 ]
 
 

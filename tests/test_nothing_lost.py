@@ -162,25 +162,6 @@ def test_a_checkpoint_io_plugin_given_by_the_user_is_kept(toy_root, tmp_path):
     assert cli.trainer.logger in cli.trainer.callbacks  # the CSVLogger's resume hook
 
 
-def test_failed_checkpoint_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path, tmpdir_env, monkeypatch):
-    target = tmp_path / "checkpoints" / "last.ckpt"
-    checkpoint_io = AtomicCheckpointIO()
-    checkpoint_io.save_checkpoint({"step": 1}, target)
-
-    def disk_full(obj, f, *args, **kwargs):
-        with open(f, "wb") as file:
-            file.write(b"PK\x03\x04 half a checkpoint")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        checkpoint_io.save_checkpoint({"step": 2}, target)
-    monkeypatch.undo()
-    assert checkpoint_io.load_checkpoint(target) == {"step": 1}
-    assert os.listdir(target.parent) == ["last.ckpt"]
-    assert not list(tmpdir_env.iterdir())
-
-
 @pytest.mark.parametrize("checkpoint_io", [
     pytest.param(TorchCheckpointIO(), marks=pytest.mark.xfail(strict=True, reason="Lightning's temp file lives in the system temp folder")),
     AtomicCheckpointIO(),

@@ -157,6 +157,8 @@ class TrainingCLI(NamedCommandCLI):
         command = self.config.get("subcommand")
         config = self.config[command] if command else {}
         path = config.get("ckpt_path")
+        if path and os.path.isdir(path):
+            raise CheckpointMismatchError(f"--ckpt_path {path} is a directory; give a checkpoint file in it (e.g. {path}/last.ckpt) or 'last'")
         if not path or not os.path.isfile(path):  # "best", or a missing file: Lightning's to report
             return
         blob = read_checkpoint(path, mmap=True)

@@ -183,8 +183,18 @@ def _check_and_load(model: nn.Module, state: dict[str, Tensor], expected: Mappin
     model.load_state_dict(state, strict=False)  # keys verified above; backbone loads omit the heads
 
 
+def check_finite(state: Mapping[str, Tensor], source: str) -> None:
+    """Refuse weights with NaN or infinity, as training refuses to write them: a network with them
+    predicts garbage (or one class) everywhere, and a ranking or an evaluation of it means nothing."""
+    bad = [name for name, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise CheckpointMismatchError(f"{source} holds non-finite weights ({_first(bad)}): a run that diverged; "
+                                      "use an earlier checkpoint of it")
+
+
 def load_state_checked(model: nn.Module, state: dict[str, Tensor], source: str) -> str:
-    """Load a full segmentation state dict strictly, naming any mismatch."""
+    """Load a full segmentation state dict strictly, naming any mismatch; refuse non-finite weights."""
+    check_finite(state, source)
     _check_and_load(model, state, model.state_dict(), source)
     return f"all {len(state)} tensors of a {_describe(model)} from {source}"
 
@@ -235,6 +245,7 @@ def load_pretrained(model: nn.Module, path: str | Path | None) -> str:
                       UserWarning, stacklevel=2)
     backbone = {k: v for k, v in state.items() if _top(k) not in _INIT_CLASSIFIERS}
     expected = {k: v for k, v in model.state_dict().items() if _top(k) not in HEAD_MODULES}
+    check_finite(backbone, str(path))
     _check_and_load(model, backbone, expected, str(path))
     dropped = f"; skipped {', '.join(skipped)}" if skipped else ""
     return f"ImageNet backbone ({len(backbone)} tensors) of a {_describe(model)} from {path}{dropped}; heads random (N(0, 0.01))"

@@ -31,6 +31,7 @@ from intrada_pl.models.bn_calibration import (
     strength_table,
 )
 from intrada_pl.models.factory import load_segmenter
+from intrada_pl.models.weights import CheckpointMismatchError
 from intrada_pl.optim import Adam, OptimizerFactory, Poly
 from intrada_pl.stages.segmentation import SegmentationModule
 
@@ -74,7 +75,8 @@ class CalibrationModule(SegmentationModule):
     ) -> None:
         segmenter, info = load_segmenter(init_ckpt, num_classes)
         if info.calibration is not None:
-            raise ValueError(f"{init_ckpt} is already calibrated ({info.calibration}); start from a segmentation checkpoint")
+            raise CheckpointMismatchError(
+                f"init_ckpt {init_ckpt} is already calibrated ({info.calibration}); start from the segmentation checkpoint it calibrated")
         rank_zero_info(str(convert_batchnorm(
             segmenter, calibration, init_strength=init_strength, num_basis=num_basis, hidden_dim=hidden_dim, condition=condition
         )))
