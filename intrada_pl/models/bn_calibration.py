@@ -17,13 +17,17 @@ eval mode and never updates its source statistics.
 
 Conversion is in place (:func:`convert_batchnorm`), and converting a model that already holds
 calibrated layers re-modes them instead of wrapping twice, so the function is idempotent.
+
+The strengths (modes, their parameters, the mix) live in :class:`CalibrationLayer`, which the
+channel calibration sites of :mod:`intrada_pl.models.channel_calibration` share; the model-level
+helpers below (parameters, freezing, strength recording and plots) cover both kinds of layer.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -40,6 +44,7 @@ __all__ = [
     "LEARNED_MODES",
     "STRENGTH_EPS",
     "CalibratedBatchNorm",
+    "CalibrationLayer",
     "ConversionReport",
     "calibration_parameters",
     "convert_batchnorm",
@@ -61,9 +66,9 @@ CONDITIONS: tuple[str, ...] = ("raw", "normalized")
 STRENGTH_EPS = 1e-5
 
 
-def _check_mode(mode: str) -> None:
-    if mode not in CALIBRATION_MODES:
-        raise ValueError(f"unknown calibration mode {mode!r}; valid modes: {', '.join(CALIBRATION_MODES)}")
+def _check_mode(mode: str, modes: Sequence[str] = CALIBRATION_MODES) -> None:
+    if mode not in modes:
+        raise ValueError(f"unknown calibration mode {mode!r}; valid modes: {', '.join(modes)}")
 
 
 def _make_mlp(num_features: int, hidden_dim: int, num_basis: int, device: Any, dtype: Any) -> nn.Sequential:
@@ -109,18 +114,21 @@ def instance_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     return mean.flatten(1), var
 
 
-class CalibratedBatchNorm(nn.Module):
-    """Per-sample calibrated BatchNorm (see the module docstring for the rule).
+class CalibrationLayer(nn.Module):
+    """The strengths ``m`` of a layer that mixes source and per-image channel statistics.
 
-    Source gamma/beta/running stats are *buffers* (frozen, never updated). The learnable
-    strengths of the active mode are the only Parameters (:func:`calibration_parameters`).
+    Shared by :class:`CalibratedBatchNorm` and the channel calibration sites of
+    :mod:`intrada_pl.models.channel_calibration`, so both learn the same way: the modes and the
+    parameters each creates (InstCal-U per-channel strengths, InstCal-C basis strengths and MLPs),
+    the projection to [eps, 1 - eps], the convex mix (:meth:`mixed_stats`) and the strengths kept
+    for analysis. A subclass holds the source statistics (:meth:`source_stats`) and applies the
+    mixed ones in ``forward``; ``modes`` are its mode names, ``full_mode`` the one with ``m = 1``.
     Parameters of a mode stay when the layer is switched to another mode, so switching back
     (e.g. ``instcal_u`` -> ``manual`` grid search -> ``instcal_u``) keeps what was learned.
 
     Args:
         num_features: channels C.
-        eps: the source BN eps (added to the variance).
-        mode: one of :data:`CALIBRATION_MODES`.
+        eps: added to the variances.
         strength: fixed ``m`` of ``manual`` mode (same for mean and variance).
         init_strength: InstCal-U initial strength and InstCal-C offset (0.1 in the reference).
         num_basis: InstCal-C basis size K (8 in the reference).
@@ -128,12 +136,179 @@ class CalibratedBatchNorm(nn.Module):
         condition: InstCal-C MLP input. ``raw`` (reference): ``[stat_t, stat_s]`` per branch.
             ``normalized`` (REFERENCE B7.2): both branches see ``[(mu_t - mu_s)/sigma_s,
             log(var_t/var_s)]``, which is scale-free across layers.
+    """
+
+    modes: tuple[str, ...] = CALIBRATION_MODES
+    full_mode: str = "bn_adapt"
+    strength: Tensor
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float,
+        *,
+        strength: float,
+        init_strength: float,
+        num_basis: int,
+        hidden_dim: int,
+        condition: Condition,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> None:
+        super().__init__()
+        if condition not in CONDITIONS:
+            raise ValueError(f"unknown condition {condition!r}; valid: {', '.join(CONDITIONS)}")
+        if num_basis < 1 or hidden_dim < 1:
+            raise ValueError("num_basis and hidden_dim must be positive")
+        self.num_features = int(num_features)
+        self.eps = float(eps)
+        self.init_strength = float(init_strength)
+        self.num_basis = int(num_basis)
+        self.hidden_dim = int(hidden_dim)
+        self.condition = condition
+        self.register_buffer("strength", torch.tensor(float(strength), device=device, dtype=dtype))
+        # Set by record_strengths(): keep the last forward's (detached) strengths for analysis.
+        self.record_strengths = False
+        self.last_strengths: dict[str, Tensor] | None = None
+        self.mode: str = "none"
+
+    def source_stats(self) -> tuple[Tensor, Tensor]:
+        """The source mean and variance (C,) the image's statistics are mixed with."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def set_mode(self, mode: str, strength: float | None = None) -> None:
+        """Switch the calibration rule; creates the mode's parameters on first use."""
+        _check_mode(mode, self.modes)
+        factory = {"device": self.strength.device, "dtype": self.strength.dtype}
+        if strength is not None:
+            if not 0.0 <= float(strength) <= 1.0:
+                raise ValueError(f"manual strength must lie in [0, 1], got {strength}")
+            self.strength.fill_(float(strength))
+        if mode == "instcal_u" and not hasattr(self, "momentum_mean"):
+            self.momentum_mean = nn.Parameter(torch.full((self.num_features,), self.init_strength, **factory))
+            self.momentum_var = nn.Parameter(torch.full((self.num_features,), self.init_strength, **factory))
+        if mode == "instcal_c" and not hasattr(self, "basis_mean"):
+            shape = (self.num_basis, self.num_features)
+            self.basis_mean = nn.Parameter(torch.randn(shape, **factory) * 0.05)
+            self.basis_var = nn.Parameter(torch.randn(shape, **factory) * 0.05)
+            self.mean_net = _make_mlp(self.num_features, self.hidden_dim, self.num_basis, **factory)
+            self.var_net = _make_mlp(self.num_features, self.hidden_dim, self.num_basis, **factory)
+        self.mode = mode
+        self.last_strengths = None
+
+    def calibration_parameters(self) -> list[nn.Parameter]:
+        """The parameters the active mode learns (empty for none / manual / the m = 1 mode)."""
+        if self.mode == "instcal_u":
+            return [self.momentum_mean, self.momentum_var]
+        if self.mode == "instcal_c":
+            return [self.basis_mean, self.basis_var, *self.mean_net.parameters(), *self.var_net.parameters()]
+        return []
+
+    def _project(self) -> None:
+        """InstCal-U projection step: clamp the raw strengths in place (no sigmoid).
+
+        Through ``.data`` so the autograd version counter is not bumped: after the first
+        forward of a step the values are already in range (the clamp is a no-op), and a second
+        forward before ``backward()`` (e.g. clean + augmented views) must not invalidate the
+        first one's graph.
+        """
+        self.momentum_mean.data.clamp_(STRENGTH_EPS, 1.0 - STRENGTH_EPS)
+        self.momentum_var.data.clamp_(STRENGTH_EPS, 1.0 - STRENGTH_EPS)
+
+    def _conditional_strengths(self, mu_t: Tensor, var_t: Tensor) -> tuple[Tensor, Tensor]:
+        """InstCal-C: m = clamp(init + softmax(MLP(stats)) @ basis, eps, 1-eps), per sample/channel."""
+        rm, rv = self.source_stats()
+        if self.condition == "raw":
+            in_mean = torch.cat([mu_t, rm.expand_as(mu_t)], dim=1)
+            in_var = torch.cat([var_t, rv.expand_as(var_t)], dim=1)
+        else:
+            d_mean = (mu_t - rm) * torch.rsqrt(rv + self.eps)
+            d_logvar = torch.log((var_t + self.eps) / (rv + self.eps))
+            in_mean = in_var = torch.cat([d_mean, d_logvar], dim=1)
+        w_mean = self.mean_net(in_mean)  # B x K, rows sum to 1
+        w_var = self.var_net(in_var)
+        m_mean = (self.init_strength + w_mean @ self.basis_mean).clamp(STRENGTH_EPS, 1.0 - STRENGTH_EPS)
+        m_var = (self.init_strength + w_var @ self.basis_var).clamp(STRENGTH_EPS, 1.0 - STRENGTH_EPS)
+        return m_mean, m_var
+
+    def mixed_stats(self, mu_t: Tensor, var_t: Tensor) -> tuple[Tensor, Tensor]:
+        """The calibrated mean and variance (B x C) from the image's stop-gradient statistics
+        ``mu_t``, ``var_t`` (B x C, in the source statistics' dtype) under the active mode
+        (any but ``none``, which a subclass short-cuts); records the strengths if asked."""
+        if self.mode == self.full_mode:
+            mu, var = mu_t, var_t
+            m_mean = m_var = None
+        else:
+            if self.mode == "manual":
+                m_mean = m_var = self.strength
+            elif self.mode == "instcal_u":
+                self._project()
+                m_mean, m_var = self.momentum_mean, self.momentum_var
+            else:
+                m_mean, m_var = self._conditional_strengths(mu_t, var_t)
+                m_mean, m_var = m_mean.to(mu_t.dtype), m_var.to(mu_t.dtype)  # MLP may run in bf16 (AMP)
+            source_mean, source_var = self.source_stats()
+            # lerp is exact at both ends (m = 0 -> source stats, m = 1 -> instance stats).
+            mu = torch.lerp(source_mean, mu_t, m_mean)
+            var = torch.lerp(source_var, var_t, m_var)
+        if self.record_strengths:
+            self.last_strengths = self._strengths_of(m_mean, m_var, mu_t.shape[0])
+        return mu, var
+
+    def _strengths_of(self, m_mean: Tensor | None, m_var: Tensor | None, batch: int) -> dict[str, Tensor]:
+        def expand(m: Tensor | None, value: float) -> Tensor:
+            if m is None:
+                return torch.full((batch, self.num_features), value, device=self.strength.device)
+            return m.detach().float().expand(batch, self.num_features).clone()
+
+        return {"mean": expand(m_mean, 1.0), "var": expand(m_var, 1.0)}
+
+    def strengths(self) -> dict[str, Tensor]:
+        """Per-channel strengths (C,) of the active mode, detached on CPU.
+
+        For ``instcal_c`` these depend on the image; without one we return the prior at uniform
+        softmax weights, ``clamp(init + mean_k b_k)`` (what the MLP outputs at initialisation).
+        Use :func:`record_strengths` + a forward pass for the per-image values.
+        """
+        c = self.num_features
+        with torch.no_grad():
+            if self.mode == "none":
+                mean = var = torch.zeros(c)
+            elif self.mode == self.full_mode:
+                mean = var = torch.ones(c)
+            elif self.mode == "manual":
+                mean = var = torch.full((c,), float(self.strength))
+            elif self.mode == "instcal_u":
+                mean = self.momentum_mean.clamp(STRENGTH_EPS, 1 - STRENGTH_EPS)
+                var = self.momentum_var.clamp(STRENGTH_EPS, 1 - STRENGTH_EPS)
+            else:
+                mean = (self.init_strength + self.basis_mean.mean(0)).clamp(STRENGTH_EPS, 1 - STRENGTH_EPS)
+                var = (self.init_strength + self.basis_var.mean(0)).clamp(STRENGTH_EPS, 1 - STRENGTH_EPS)
+        return {"mean": mean.detach().float().cpu().clone(), "var": var.detach().float().cpu().clone()}
+
+    def extra_repr(self) -> str:
+        extra = f", strength={float(self.strength):g}" if self.mode == "manual" else ""
+        if self.mode == "instcal_c":
+            extra = f", num_basis={self.num_basis}, hidden_dim={self.hidden_dim}, condition={self.condition!r}"
+        return f"{self.num_features}, eps={self.eps:g}, mode={self.mode!r}{extra}"
+
+
+class CalibratedBatchNorm(CalibrationLayer):
+    """Per-sample calibrated BatchNorm (see the module docstring for the rule).
+
+    Source gamma/beta/running stats are *buffers* (frozen, never updated). The learnable
+    strengths of the active mode are the only Parameters (:func:`calibration_parameters`).
+
+    Args:
+        num_features: channels C.
+        eps: the source BN eps (added to the variance).
+        mode: one of :data:`CALIBRATION_MODES`.
         affine: whether the source BN had gamma/beta.
+        strength, init_strength, num_basis, hidden_dim, condition: see :class:`CalibrationLayer`.
     """
 
     running_mean: Tensor
     running_var: Tensor
-    strength: Tensor
     weight: Tensor | None
     bias: Tensor | None
 
@@ -152,19 +327,10 @@ class CalibratedBatchNorm(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
         _check_mode(mode)
-        if condition not in CONDITIONS:
-            raise ValueError(f"unknown condition {condition!r}; valid: {', '.join(CONDITIONS)}")
-        if num_basis < 1 or hidden_dim < 1:
-            raise ValueError("num_basis and hidden_dim must be positive")
         factory = {"device": device, "dtype": dtype}
-        self.num_features = int(num_features)
-        self.eps = float(eps)
-        self.init_strength = float(init_strength)
-        self.num_basis = int(num_basis)
-        self.hidden_dim = int(hidden_dim)
-        self.condition = condition
+        super().__init__(num_features, eps, strength=strength, init_strength=init_strength, num_basis=num_basis,
+                         hidden_dim=hidden_dim, condition=condition, **factory)
         self.affine = bool(affine)
         if affine:
             self.register_buffer("weight", torch.ones(num_features, **factory))
@@ -174,11 +340,6 @@ class CalibratedBatchNorm(nn.Module):
             self.register_buffer("bias", None)
         self.register_buffer("running_mean", torch.zeros(num_features, **factory))
         self.register_buffer("running_var", torch.ones(num_features, **factory))
-        self.register_buffer("strength", torch.tensor(float(strength), **factory))
-        # Set by record_strengths(): keep the last forward's (detached) strengths for analysis.
-        self.record_strengths = False
-        self.last_strengths: dict[str, Tensor] | None = None
-        self.mode: str = "none"
         self.set_mode(mode)
 
     # ------------------------------------------------------------------ construction
@@ -219,62 +380,11 @@ class CalibratedBatchNorm(nn.Module):
                     new.bias.copy_(bias.detach())  # type: ignore[union-attr]
         return new
 
-    def set_mode(self, mode: CalibrationMode, strength: float | None = None) -> None:
-        """Switch the calibration rule; creates the mode's parameters on first use."""
-        _check_mode(mode)
-        factory = {"device": self.running_mean.device, "dtype": self.running_mean.dtype}
-        if strength is not None:
-            if not 0.0 <= float(strength) <= 1.0:
-                raise ValueError(f"manual strength must lie in [0, 1], got {strength}")
-            self.strength.fill_(float(strength))
-        if mode == "instcal_u" and not hasattr(self, "momentum_mean"):
-            self.momentum_mean = nn.Parameter(torch.full((self.num_features,), self.init_strength, **factory))
-            self.momentum_var = nn.Parameter(torch.full((self.num_features,), self.init_strength, **factory))
-        if mode == "instcal_c" and not hasattr(self, "basis_mean"):
-            shape = (self.num_basis, self.num_features)
-            self.basis_mean = nn.Parameter(torch.randn(shape, **factory) * 0.05)
-            self.basis_var = nn.Parameter(torch.randn(shape, **factory) * 0.05)
-            self.mean_net = _make_mlp(self.num_features, self.hidden_dim, self.num_basis, **factory)
-            self.var_net = _make_mlp(self.num_features, self.hidden_dim, self.num_basis, **factory)
-        self.mode = mode
-        self.last_strengths = None
-
-    def calibration_parameters(self) -> list[nn.Parameter]:
-        """The parameters the active mode learns (empty for none / manual / bn_adapt)."""
-        if self.mode == "instcal_u":
-            return [self.momentum_mean, self.momentum_var]
-        if self.mode == "instcal_c":
-            return [self.basis_mean, self.basis_var, *self.mean_net.parameters(), *self.var_net.parameters()]
-        return []
+    def source_stats(self) -> tuple[Tensor, Tensor]:
+        """The frozen running statistics of the source BN."""
+        return self.running_mean, self.running_var
 
     # ------------------------------------------------------------------ forward
-    def _project(self) -> None:
-        """InstCal-U projection step: clamp the raw strengths in place (no sigmoid).
-
-        Through ``.data`` so the autograd version counter is not bumped: after the first
-        forward of a step the values are already in range (the clamp is a no-op), and a second
-        forward before ``backward()`` (e.g. clean + augmented views) must not invalidate the
-        first one's graph.
-        """
-        self.momentum_mean.data.clamp_(STRENGTH_EPS, 1.0 - STRENGTH_EPS)
-        self.momentum_var.data.clamp_(STRENGTH_EPS, 1.0 - STRENGTH_EPS)
-
-    def _conditional_strengths(self, mu_t: Tensor, var_t: Tensor) -> tuple[Tensor, Tensor]:
-        """InstCal-C: m = clamp(init + softmax(MLP(stats)) @ basis, eps, 1-eps), per sample/channel."""
-        rm, rv = self.running_mean, self.running_var
-        if self.condition == "raw":
-            in_mean = torch.cat([mu_t, rm.expand_as(mu_t)], dim=1)
-            in_var = torch.cat([var_t, rv.expand_as(var_t)], dim=1)
-        else:
-            d_mean = (mu_t - rm) * torch.rsqrt(rv + self.eps)
-            d_logvar = torch.log((var_t + self.eps) / (rv + self.eps))
-            in_mean = in_var = torch.cat([d_mean, d_logvar], dim=1)
-        w_mean = self.mean_net(in_mean)  # B x K, rows sum to 1
-        w_var = self.var_net(in_var)
-        m_mean = (self.init_strength + w_mean @ self.basis_mean).clamp(STRENGTH_EPS, 1.0 - STRENGTH_EPS)
-        m_var = (self.init_strength + w_var @ self.basis_var).clamp(STRENGTH_EPS, 1.0 - STRENGTH_EPS)
-        return m_mean, m_var
-
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
             raise ValueError(f"CalibratedBatchNorm expects B x C x H x W input, got shape {tuple(x.shape)}")
@@ -287,24 +397,7 @@ class CalibratedBatchNorm(nn.Module):
             mu_t, var_t = instance_stats(x)
             mu_t = mu_t.to(stat_dtype)
             var_t = var_t.to(stat_dtype)
-
-        if self.mode == "bn_adapt":
-            mu, var = mu_t, var_t
-            m_mean = m_var = None
-        else:
-            if self.mode == "manual":
-                m_mean = m_var = self.strength
-            elif self.mode == "instcal_u":
-                self._project()
-                m_mean, m_var = self.momentum_mean, self.momentum_var
-            else:
-                m_mean, m_var = self._conditional_strengths(mu_t, var_t)
-                m_mean, m_var = m_mean.to(stat_dtype), m_var.to(stat_dtype)  # MLP may run in bf16 (AMP)
-            # lerp is exact at both ends (m = 0 -> source stats, m = 1 -> instance stats).
-            mu = torch.lerp(self.running_mean, mu_t, m_mean)
-            var = torch.lerp(self.running_var, var_t, m_var)
-        if self.record_strengths:
-            self.last_strengths = self._strengths_of(m_mean, m_var, x.shape[0])
+        mu, var = self.mixed_stats(mu_t, var_t)
 
         differentiable_stats = torch.is_grad_enabled() and (mu.requires_grad or var.requires_grad)
         if not differentiable_stats and (x.shape[0] == 1 or x.is_contiguous()):
@@ -328,37 +421,6 @@ class CalibratedBatchNorm(nn.Module):
             shift.to(x.dtype)[:, :, None, None], x, scale.to(x.dtype)[:, :, None, None]
         )
 
-    def _strengths_of(self, m_mean: Tensor | None, m_var: Tensor | None, batch: int) -> dict[str, Tensor]:
-        def expand(m: Tensor | None, value: float) -> Tensor:
-            if m is None:
-                return torch.full((batch, self.num_features), value, device=self.running_mean.device)
-            return m.detach().float().expand(batch, self.num_features).clone()
-
-        return {"mean": expand(m_mean, 1.0), "var": expand(m_var, 1.0)}
-
-    def strengths(self) -> dict[str, Tensor]:
-        """Per-channel strengths (C,) of the active mode, detached on CPU.
-
-        For ``instcal_c`` these depend on the image; without one we return the prior at uniform
-        softmax weights, ``clamp(init + mean_k b_k)`` (what the MLP outputs at initialisation).
-        Use :func:`record_strengths` + a forward pass for the per-image values.
-        """
-        c = self.num_features
-        with torch.no_grad():
-            if self.mode == "none":
-                mean = var = torch.zeros(c)
-            elif self.mode == "bn_adapt":
-                mean = var = torch.ones(c)
-            elif self.mode == "manual":
-                mean = var = torch.full((c,), float(self.strength))
-            elif self.mode == "instcal_u":
-                mean = self.momentum_mean.clamp(STRENGTH_EPS, 1 - STRENGTH_EPS)
-                var = self.momentum_var.clamp(STRENGTH_EPS, 1 - STRENGTH_EPS)
-            else:
-                mean = (self.init_strength + self.basis_mean.mean(0)).clamp(STRENGTH_EPS, 1 - STRENGTH_EPS)
-                var = (self.init_strength + self.basis_var.mean(0)).clamp(STRENGTH_EPS, 1 - STRENGTH_EPS)
-        return {"mean": mean.detach().float().cpu().clone(), "var": var.detach().float().cpu().clone()}
-
     def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # A plain BN state dict carries num_batches_tracked: drop it so source checkpoints load
         # into a converted model with only the calibration parameters missing...
@@ -366,12 +428,6 @@ class CalibratedBatchNorm(nn.Module):
         # ...and a missing manual strength (a plain BN has none) keeps the configured one.
         state_dict.setdefault(prefix + "strength", self.strength.detach().clone())  # type: ignore[attr-defined]
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def extra_repr(self) -> str:
-        extra = f", strength={float(self.strength):g}" if self.mode == "manual" else ""
-        if self.mode == "instcal_c":
-            extra = f", num_basis={self.num_basis}, hidden_dim={self.hidden_dim}, condition={self.condition!r}"
-        return f"{self.num_features}, eps={self.eps:g}, mode={self.mode!r}{extra}"
 
 
 # ---------------------------------------------------------------------- model-level helpers
@@ -468,12 +524,13 @@ def convert_batchnorm(
     return report
 
 
-def _calibrated_layers(model: nn.Module) -> list[tuple[str, CalibratedBatchNorm]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, CalibratedBatchNorm)]
+def _calibrated_layers(model: nn.Module, kind: type[CalibrationLayer] = CalibrationLayer) -> list[tuple[str, CalibrationLayer]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, kind)]
 
 
 def calibration_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters the active calibration modes learn (strengths, basis, MLPs), deduplicated."""
+    """The parameters the active calibration modes learn (strengths, basis, MLPs), deduplicated,
+    of every calibration layer (calibrated BatchNorms and channel calibration sites)."""
     params: dict[int, nn.Parameter] = {}
     for _, layer in _calibrated_layers(model):
         for p in layer.calibration_parameters():
@@ -501,7 +558,7 @@ def set_calibration_mode(
     chosen layers. Returns the number of layers switched to ``mode``; raises if the model has no
     calibrated layer or ``layers`` names one it does not have."""
     _check_mode(mode)
-    calibrated = _calibrated_layers(model)
+    calibrated = _calibrated_layers(model, CalibratedBatchNorm)
     if not calibrated:
         raise ValueError("model has no CalibratedBatchNorm layers; call convert_batchnorm(model, mode) first")
     if layers is not None and (unknown := set(layers) - {name for name, _ in calibrated}):
@@ -517,7 +574,7 @@ def set_calibration_mode(
 
 
 def record_strengths(model: nn.Module, enabled: bool = True) -> int:
-    """Make every calibrated layer keep its last forward's strengths (``last_strengths``:
+    """Make every calibration layer keep its last forward's strengths (``last_strengths``:
     {"mean", "var"} of shape B x C), e.g. to log test-time InstCal-C strengths. Returns the count."""
     layers = _calibrated_layers(model)
     for _, layer in layers:
@@ -528,9 +585,9 @@ def record_strengths(model: nn.Module, enabled: bool = True) -> int:
 
 
 def learned_strengths(model: nn.Module, from_last_forward: bool = False) -> dict[str, dict[str, Tensor]]:
-    """Per converted layer name: {"mean": (C,), "var": (C,)} strengths on CPU, in model order.
+    """Per calibration layer name: {"mean": (C,), "var": (C,)} strengths on CPU, in model order.
 
-    ``none``/``manual``/``bn_adapt`` give their constant m, ``instcal_u`` the projected learned
+    ``none``/``manual``/``bn_adapt`` (``test_stats``) give their constant m, ``instcal_u`` the projected learned
     vectors. ``instcal_c`` strengths depend on the image: by default the prior at uniform
     softmax weights (see :meth:`CalibratedBatchNorm.strengths`); with ``from_last_forward=True``
     (after :func:`record_strengths` and a forward pass) the batch mean of the per-image strengths.
@@ -566,8 +623,8 @@ def plot_strengths(
         sd = [float(s.std(correction=0)) if s.numel() > 1 else 0.0 for s in stacked]
         ax.plot(xs, mu, marker="o", markersize=3, color=color, label=f"{key} strength")
         ax.fill_between(xs, [a - b for a, b in zip(mu, sd)], [a + b for a, b in zip(mu, sd)], color=color, alpha=0.25)
-    ax.set_xticks(xs, names, rotation=90, fontsize=6)  # the BN layers' module names, in model order
-    ax.set_xlabel("BN layer")
+    ax.set_xticks(xs, names, rotation=90, fontsize=6)  # the calibration layers' module names, in model order
+    ax.set_xlabel("calibrated layer")
     ax.set_ylabel("strength m (0 = source BN, 1 = instance stats)")
     ax.set_ylim(-0.05, 1.05)
     ax.grid(True, alpha=0.3)
@@ -580,7 +637,7 @@ def plot_strengths(
 
 
 def strength_table(strengths: Mapping[str, Mapping[str, Tensor]]) -> list[list]:
-    """One row per BN layer: name, then channel mean and std of the mean and variance strengths."""
+    """One row per calibration layer: name, then channel mean and std of the mean and variance strengths."""
     rows = []
     for name, per in strengths.items():
         row: list = [name]
