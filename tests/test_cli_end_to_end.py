@@ -151,7 +151,8 @@ def test_null_for_a_nested_component_argument_is_none(capsys):
     """``--model.init_args.segmenter.init_args.pretrained null`` (README's random init) is None, not
     the string 'None' that jsonargparse makes of a null for a class nested in a config class."""
     config = REPO / "configs" / "inter_gta5.yaml"
-    for spelling in (["--model.init_args.segmenter.init_args.pretrained", "null"], ["--model.init_args.segmenter.init_args.pretrained=null"]):
+    for spelling in (["--model.init_args.segmenter.init_args.pretrained", "null"], ["--model.init_args.segmenter.init_args.pretrained=null"],
+                     ["--model.segmenter.init_args.pretrained", "null"], ["--model.segmenter.pretrained=null"]):
         with pytest.raises(SystemExit):
             main(["fit", "--config", str(config), *spelling, "--model.init_args.segmenter.init_args.depth", "18", "--print_config"])
         segmenter = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["segmenter"]["init_args"]

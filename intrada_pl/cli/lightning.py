@@ -255,19 +255,19 @@ def one_dialect(args: list[str], command: str) -> list[str]:
 
 
 def _nested_nulls(args: list[str]) -> list[str]:
-    """``--model.init_args.segmenter.init_args.pretrained null`` -> ``--model.init_args.segmenter
-    {"init_args": {"pretrained": null}}``: jsonargparse (4.53) reads a ``null`` given on the command
-    line for an argument of a class nested in another config class as the string ``'None'``, but
-    a ``null`` inside a mapping as None."""
+    """``--model.init_args.segmenter.init_args.pretrained null`` (or ``--model.segmenter.pretrained
+    null``) -> ``--model.init_args.segmenter={"init_args": {"pretrained": null}}``: jsonargparse
+    (4.53) reads a ``null`` given on the command line for an argument of a component nested in the
+    stage as the string ``'None'``, but a ``null`` inside a mapping as None."""
     out: list[str] = []
     i = 0
     while i < len(args):
         flag, eq, value = args[i].partition("=")
         if not eq and i + 1 < len(args):
             value = args[i + 1]
-        prefix, marker, leaf = flag.rpartition(".init_args.")
-        if flag.startswith("--") and marker and ".init_args." in prefix and "." not in leaf and value == "null":
-            out.append(f'{prefix}={{"init_args": {{"{leaf}": null}}}}')
+        parts = [part for part in flag[len("--model."):].split(".") if part != "init_args"] if flag.startswith("--model.") else []
+        if len(parts) >= 2 and value == "null":
+            out.append(f'--model.init_args.{".init_args.".join(parts[:-1])}={{"init_args": {{"{parts[-1]}": null}}}}')
             i += 1 if eq else 2
             continue
         out.append(args[i])

@@ -222,7 +222,7 @@ def load_pretrained(model: nn.Module, path: str | Path | None) -> str:
         return "random"
     if not Path(path).is_file():
         raise FileNotFoundError(
-            f"pretrained weights not found: {path} (model.init_args.pretrained). The configs start from "
+            f"pretrained weights not found: {path} (segmenter.init_args.pretrained). The configs start from "
             f"DeepLab_resnet_pretrained_imagenet.pth, the ImageNet init ADVENT and IntraDA use: download it from the "
             f"ADVENT repository's releases page (https://github.com/valeoai/ADVENT/releases, see its README) to that path, "
             f"or give another checkpoint, or null for a random init")
