@@ -63,6 +63,7 @@ from intrada_pl.models.bn_calibration import (
 )
 
 __all__ = [
+    "CALIBRATION_METHODS",
     "CHANNEL_MODES",
     "DEFAULT_SITES",
     "METHOD_MODES",
@@ -73,6 +74,7 @@ __all__ = [
     "calibration_sites",
     "collect_source_moments",
     "configure_tent_ln",
+    "convert_for_calibration",
     "convert_sites",
     "load_source_moments",
     "norm_affine_parameters",
@@ -603,3 +605,19 @@ def configure_tent_ln(model: nn.Module) -> list[nn.Parameter]:
     for p in params:
         p.requires_grad_(True)
     return params
+
+
+#: What a calibration checkpoint may hold (``CalibrationModule(calibration=...)``): InstCal on BatchNorm,
+#: or channel calibration sites (BatchNorm included).
+CALIBRATION_METHODS: tuple[str, ...] = ("instcal_u", "instcal_c", "chancal_u", "chancal_c")
+
+
+def convert_for_calibration(model: nn.Module, calibration: str, *, sites: Sequence[str] = DEFAULT_SITES,
+                            select: Sequence[str] | None = None, **options: Any) -> Any:
+    """Convert ``model`` in place for a calibration method of :data:`CALIBRATION_METHODS` (the one
+    conversion the calibration stage and the segmenter factory share); returns the report."""
+    if calibration in ("chancal_u", "chancal_c"):
+        return convert_sites(model, METHOD_MODES[calibration], sites=sites, select=select, **options)  # type: ignore[arg-type]
+    if calibration not in CALIBRATION_METHODS:
+        raise ConfigValueError(f"unknown calibration {calibration!r}; choose from {', '.join(CALIBRATION_METHODS)}")
+    return convert_batchnorm(model, calibration, **options)  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import Tensor
 
-from intrada_pl.models.bn_calibration import LEARNED_MODES, convert_batchnorm
+from intrada_pl.models.channel_calibration import CALIBRATION_METHODS, convert_for_calibration
 from intrada_pl.models.deeplabv2 import DeepLabV2
 from intrada_pl.models.segformer import release_spec_and_state as segformer_release
 from intrada_pl.models.segmenter import Segmenter
@@ -36,8 +36,8 @@ from intrada_pl.models.weights import (
     unwrap_state_dict,
 )
 
-# Hyper-parameters of a calibration checkpoint that shape its CalibratedBatchNorm layers.
-CALIBRATION_OPTIONS = ("init_strength", "num_basis", "hidden_dim", "condition")
+# Hyper-parameters of a calibration checkpoint that shape its calibration layers.
+CALIBRATION_OPTIONS = ("init_strength", "num_basis", "hidden_dim", "condition", "sites", "select")
 # The flat hyper-parameters of a DeepLabV2 stage checkpoint written before ``segmenter:`` existed.
 LEGACY_DEEPLAB_KEYS = ("num_classes", "depth", "multi_level", "preprocessing", "pretrained", "head_lr_mult")
 DEEPLAB_MAIN_HEAD = "layer6.conv2d_list.0.weight"
@@ -106,9 +106,9 @@ def segmenter_from_checkpoint(blob: Mapping, path: str | Path, num_classes: int 
         raise CheckpointMismatchError(f"{path} has {segmenter.num_classes} classes but {num_classes} are expected (the dataset's class count)")
     calibration = hparams.get("calibration")
     if calibration is not None:
-        if calibration not in LEARNED_MODES:
+        if calibration not in CALIBRATION_METHODS:
             raise CheckpointMismatchError(f"{path} records an unknown calibration {calibration!r}")
-        convert_batchnorm(segmenter, calibration, **{k: hparams[k] for k in CALIBRATION_OPTIONS if k in hparams})
+        convert_for_calibration(segmenter, calibration, **{k: hparams[k] for k in CALIBRATION_OPTIONS if k in hparams})
     load_state_checked(segmenter, state, str(path))
     subsets = tuple(hparams.get("eval_subsets") or ("19",))
     return segmenter, SegmenterInfo(str(path), kind, segmenter.spec(), stage, subsets, calibration)

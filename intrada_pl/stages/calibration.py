@@ -18,17 +18,25 @@ from typing import Literal
 import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.seed import isolate_rng
+from torch.utils.data import DataLoader, Subset
 from torch import Tensor
 
 from intrada_pl.data.strong_augment import StrongAugment
 from intrada_pl.io import write_json
 from intrada_pl.models.bn_calibration import (
-    convert_batchnorm,
     freeze_all_but_calibration,
     learned_strengths,
     plot_strengths,
     record_strengths,
     strength_table,
+)
+from intrada_pl.models.channel_calibration import (
+    DEFAULT_SITES,
+    collect_source_moments,
+    convert_for_calibration,
+    load_source_moments,
+    sites_without_source,
 )
 from intrada_pl.models.factory import load_segmenter
 from intrada_pl.models.weights import CheckpointMismatchError
@@ -42,8 +50,15 @@ class CalibrationModule(SegmentationModule):
     Args:
         init_ckpt: the segmentation checkpoint to calibrate (any stage's ``.ckpt`` or a reference ``.pth``).
         calibration: ``instcal_u`` (per-channel strengths) or ``instcal_c`` (strengths predicted
-            per image from K basis strengths); ``init_strength``, ``num_basis``, ``hidden_dim``
+            per image from K basis strengths) on the BatchNorms; ``chancal_u`` / ``chancal_c``: the
+            same at channel calibration sites (:mod:`intrada_pl.models.channel_calibration`: after
+            LayerNorms, at block entries, stage outputs; on BatchNorms it is InstCal), which is
+            what calibrates transformer segmenters; ``init_strength``, ``num_basis``, ``hidden_dim``
             and ``condition`` are the layer options (:class:`CalibratedBatchNorm`).
+        sites, select: channel calibration only: the kinds of sites (``norm``, ``batchnorm``,
+            ``block``, ``stage``) and the layer groups or name patterns they are restricted to.
+        source_images: channel calibration only: clean source images the source moments are
+            averaged over (once, before the first step).
         augmentations: what each source image may get, one drawn per image
             (``randaugment``, ``augmix``, ``deepaugment``, ``noise2net``, ``cae``);
             ``p_clean`` keeps an image clean; ``deepaugment_weights`` is a local CAE weight
@@ -57,7 +72,10 @@ class CalibrationModule(SegmentationModule):
     def __init__(
         self,
         init_ckpt: str,
-        calibration: Literal["instcal_u", "instcal_c"] = "instcal_u",
+        calibration: Literal["instcal_u", "instcal_c", "chancal_u", "chancal_c"] = "instcal_u",
+        sites: Sequence[str] = DEFAULT_SITES,
+        select: Sequence[str] | None = None,
+        source_images: int = 256,
         init_strength: float = 0.1,
         num_basis: int = 8,
         hidden_dim: int = 256,
@@ -77,8 +95,9 @@ class CalibrationModule(SegmentationModule):
         if info.calibration is not None:
             raise CheckpointMismatchError(
                 f"init_ckpt {init_ckpt} is already calibrated ({info.calibration}); start from the segmentation checkpoint it calibrated")
-        rank_zero_info(str(convert_batchnorm(
-            segmenter, calibration, init_strength=init_strength, num_basis=num_basis, hidden_dim=hidden_dim, condition=condition
+        rank_zero_info(str(convert_for_calibration(
+            segmenter, calibration, sites=sites, select=select, init_strength=init_strength, num_basis=num_basis,
+            hidden_dim=hidden_dim, condition=condition,
         )))
         freeze_all_but_calibration(segmenter)
         super().__init__(
@@ -91,6 +110,25 @@ class CalibrationModule(SegmentationModule):
 
     def setup(self, stage: str) -> None:
         """Nothing to load: the weights came from ``init_ckpt`` in ``__init__`` (``pretrained`` is unused)."""
+
+    def on_fit_start(self) -> None:
+        """Channel calibration sites need the source's per-image moments: collected once, before the
+        first step, from the first ``source_images`` clean (unaugmented) source training images,
+        averaged over the ranks of a DDP run, with the random state left untouched (the training
+        draws the same crops and augmentations with or without it). A resumed run brings them."""
+        if not sites_without_source(self.model):
+            return
+        source_set = self.trainer.datamodule.source_set
+        count = min(self.hparams.source_images, len(source_set))
+        loader = DataLoader(Subset(source_set, range(count)), batch_size=self.trainer.datamodule.hparams.batch_size)
+        with isolate_rng():
+            moments = collect_source_moments(self.model, (batch["image"] for batch in loader), device=self.device)
+        strategy = self.trainer.strategy
+        for entry in moments.values():
+            for key in ("mean", "var"):
+                entry[key] = strategy.reduce(entry[key].to(self.device), reduce_op="mean").cpu()
+        rank_zero_info(f"source moments of {len(moments)} calibration sites from {count} clean source images")
+        load_source_moments(self.model, moments)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         source = batch["source"]
@@ -106,11 +144,11 @@ class CalibrationModule(SegmentationModule):
     # --------------------------------------------------------------------- strength analysis
     def on_validation_epoch_start(self) -> None:
         # InstCal-C strengths depend on the image: average what the validation images got.
-        record_strengths(self.model, self.hparams.calibration == "instcal_c")
+        record_strengths(self.model, self.hparams.calibration in ("instcal_c", "chancal_c"))
         self._strength_sums, self._strength_count = {}, 0
 
     def on_validation_batch_end(self, outputs: object, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self.hparams.calibration != "instcal_c":
+        if self.hparams.calibration not in ("instcal_c", "chancal_c"):
             return
         n = len(batch["name"])
         for layer, values in learned_strengths(self.model, from_last_forward=True).items():
@@ -138,7 +176,7 @@ class CalibrationModule(SegmentationModule):
         strengths, layer names on the axis) and the numbers in ``run_dir/strengths.json``; both
         also sent to W&B (image and table) when a WandbLogger is active."""
         mode = self.hparams.calibration
-        what = "validation-image average" if mode == "instcal_c" else "learned"
+        what = "validation-image average" if mode in ("instcal_c", "chancal_c") else "learned"
         path = plot_strengths(strengths, run_dir / "strengths.png", title=f"{mode} {what} strengths, step {self.global_step}")
         columns, rows = ["layer", "mean_m", "mean_m_std", "var_m", "var_m_std"], strength_table(strengths)
         write_json(run_dir / "strengths.json", {"step": self.global_step, "columns": columns, "rows": rows})
