@@ -318,7 +318,7 @@ def toy_data_main(args: Sequence[str]) -> None:
     )
     ns = parser.parse_args(args)
     if ns.check_ranking:
-        from intrada_pl.data.toy import ranking_recall
+        from intrada_pl.ranking.toy_check import ranking_recall
 
         r = ranking_recall(ns.out, ns.check_ranking)
         auroc = "n/a" if r["auroc"] is None else f"{r['auroc']:.3f}"
