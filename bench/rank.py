@@ -21,7 +21,6 @@ Weights are random: throughput does not depend on them.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import math
@@ -39,10 +38,11 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from intrada_pl.data.datamodules import TargetDataModule  # noqa: E402
+from intrada_pl.data.ranking_manifest import encode_png, read_ranking  # noqa: E402
 from intrada_pl.data.toy import ToySpec, generate  # noqa: E402
 from intrada_pl.losses import upsample  # noqa: E402
 from intrada_pl.models import DeepLabV2  # noqa: E402
-from intrada_pl.stages.ranking import RankingCallback, encode_png  # noqa: E402
+from intrada_pl.ranking import RankingCallback  # noqa: E402
 from intrada_pl.stages.segmentation import SegmentationModule  # noqa: E402
 
 
@@ -69,8 +69,7 @@ def ours(module: SegmentationModule, datamodule: TargetDataModule, precision: st
         enable_model_summary=False, callbacks=[RankingCallback(output_dir=str(out))],
     )
     trainer.predict(module, datamodule=datamodule, return_predictions=False)
-    with open(out / "ranking" / "scores.csv", newline="") as f:
-        return {row["name"]: float(row["score"]) for row in csv.DictReader(f)}
+    return read_ranking(out / "ranking").scores
 
 
 def main() -> None:

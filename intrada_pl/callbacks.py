@@ -1,5 +1,5 @@
-"""Callbacks: checkpoints of a run's folder, the exit of a run stopped by a signal, and
-dashboards (validation image panels and the per-class IoU table in W&B; TensorBoard as fallback)."""
+"""Callbacks: checkpoints of a run's folder, the exit of a run stopped by a signal, and the
+validation image panels and per-class IoU table on the run's dashboards (W&B, TensorBoard)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from types import FrameType
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from intrada_pl.data.labels import colorize
+from intrada_pl.dashboards import Dashboards
+from intrada_pl.data.datasets import resize_nearest
 from intrada_pl.losses import normalized_entropy
-from intrada_pl.visuals import CLASS_LABELS, class_entries, entropy_heatmap, legend_panel, present_classes, titled
+from intrada_pl.visuals import entropy_heatmap
 
 
 class ModelCheckpoint(LightningModelCheckpoint):
@@ -119,9 +119,9 @@ class StopOnSignal(Callback):
 
 class SegmentationPanels(Callback):
     """Every ``every_n_validations`` validations, log for the first ``num_images`` validation
-    images a panel of input, ground truth, prediction (masks carry class names in W&B) and the
-    normalised entropy map (with its colour bar), plus the per-class IoU table of that validation.
-    TensorBoard gets one titled image per panel, with a legend of the classes it shows.
+    images a panel of input, ground truth and prediction (masks with class names; on TensorBoard
+    side by side with a legend, :class:`~intrada_pl.dashboards.Dashboards`), the normalised
+    entropy map (with its colour bar), and the per-class IoU table of that validation.
     """
 
     def __init__(self, every_n_validations: int = 1, num_images: int = 4) -> None:
@@ -133,7 +133,8 @@ class SegmentationPanels(Callback):
         self.rows: list[dict[str, np.ndarray]] = []
 
     def _active(self, trainer: Trainer) -> bool:
-        return not trainer.sanity_checking and trainer.is_global_zero and self.validations % self.every_n_validations == 0
+        return (not trainer.sanity_checking and self.validations % self.every_n_validations == 0
+                and Dashboards.of(trainer).shows_pictures)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.rows = []
@@ -147,13 +148,13 @@ class SegmentationPanels(Callback):
         entropy = normalized_entropy(logits).cpu().numpy()
         for i in range(min(len(predictions), self.num_images - len(self.rows))):
             image = batch["image"][i].permute(1, 2, 0).cpu().numpy().astype(np.uint8)
-            size = (image.shape[1], image.shape[0])
+            hw = image.shape[:2]
             self.rows.append(
                 {
                     "image": image,
-                    "label": cv2.resize(batch["label"][i].cpu().numpy().astype(np.uint8), size, interpolation=cv2.INTER_NEAREST),
-                    "prediction": cv2.resize(predictions[i], size, interpolation=cv2.INTER_NEAREST),
-                    "entropy": cv2.resize(entropy[i], size, interpolation=cv2.INTER_AREA),
+                    "label": resize_nearest(batch["label"][i].cpu().numpy().astype(np.uint8), hw),
+                    "prediction": resize_nearest(predictions[i], hw),
+                    "entropy": cv2.resize(entropy[i], hw[::-1], interpolation=cv2.INTER_AREA),
                     "name": batch["name"][i],
                 }
             )
@@ -165,39 +166,12 @@ class SegmentationPanels(Callback):
         self.validations += 1
         if not active:
             return
+        dashboards, step = Dashboards.of(trainer), trainer.global_step
+        captions = [row["name"] for row in self.rows]
+        masks = [{"ground_truth": row["label"], "predictions": row["prediction"]} for row in self.rows]
+        dashboards.images("val/panels", [row["image"] for row in self.rows], step, captions, masks)
+        dashboards.images("val/entropy", [entropy_heatmap(row["entropy"]) for row in self.rows], step, captions)
         report = getattr(pl_module, "last_report", None)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                self._log_wandb(logger, report, trainer.global_step)
-            elif isinstance(logger, TensorBoardLogger):
-                self._log_tensorboard(logger, trainer.global_step)
-        self.rows = []
-
-    def _log_wandb(self, logger: WandbLogger, report: dict | None, step: int) -> None:
-        if self.rows:
-            masks = [
-                {
-                    "predictions": {"mask_data": row["prediction"], "class_labels": CLASS_LABELS},
-                    "ground_truth": {"mask_data": row["label"], "class_labels": CLASS_LABELS},
-                }
-                for row in self.rows
-            ]
-            captions = [row["name"] for row in self.rows]
-            logger.log_image("val/panels", images=[row["image"] for row in self.rows], masks=masks, caption=captions, step=step)
-            logger.log_image("val/entropy", images=[entropy_heatmap(row["entropy"]) for row in self.rows], caption=captions, step=step)
         if report is not None:
-            rows = [[name, value] for name, value in report["IoU"].items()]
-            logger.log_table("val/iou_table", columns=["class", "IoU"], data=rows, step=step)
-
-    def _log_tensorboard(self, logger: TensorBoardLogger, step: int) -> None:
-        for i, row in enumerate(self.rows):
-            logger.experiment.add_image(f"val/panel_{i}", tensorboard_panel(row), step, dataformats="HWC")
-
-
-def tensorboard_panel(row: dict[str, np.ndarray]) -> np.ndarray:
-    """Image | ground truth | prediction | entropy under their titles, and the legend of the classes
-    in ground truth and prediction on the right."""
-    columns = [row["image"], colorize(row["label"]), colorize(row["prediction"]), entropy_heatmap(row["entropy"])]
-    panel = titled(columns, ["image", "ground truth", "prediction", "entropy"])
-    legend = legend_panel(class_entries(present_classes(row["label"], row["prediction"])), panel.shape[0])
-    return np.concatenate([panel, legend], axis=1)
+            dashboards.table("val/iou_table", ["class", "IoU"], [[name, value] for name, value in report["IoU"].items()], step)
+        self.rows = []

@@ -12,22 +12,23 @@ from typing import Any
 import numpy as np
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 
-from intrada_pl.data.labels import CLASS_NAMES, IGNORE_INDEX
+from intrada_pl.data.datasets import read_rgb
+from intrada_pl.visuals import CLASS_LABELS, mask_panel
 
-# W&B mask legend: train ID -> class name.
-CLASS_LABELS: dict[int, str] = {**dict(enumerate(CLASS_NAMES)), IGNORE_INDEX: "ignore"}
-
-Picture = np.ndarray | str | Path  # an HxWx3 uint8 array, or a PNG file
+Picture = np.ndarray | str | Path  # an HxWx3 uint8 RGB array, or a PNG file
 
 
 class Dashboards:
     """The pictorial side of a run's loggers.
 
     ``images(key, pictures, step, captions, masks)``: ``masks`` gives per picture a mapping such as
-    ``{"predictions": train_ids, "ground_truth": train_ids}`` (HxW uint8), shown as toggleable
-    overlays with class names in W&B; TensorBoard gets the plain pictures. ``table(key, columns,
-    rows, step)``: cells may be numbers, strings or pictures (arrays, or ``Path`` objects of PNG files). ``figure(key, path, step)``: a saved
-    figure (PNG). ``scalars(values, step)``: numbers, for what is not logged through ``self.log``.
+    ``{"ground_truth": train_ids, "predictions": train_ids}`` (HxW uint8), shown as toggleable
+    overlays with class names in W&B; TensorBoard gets each picture beside its masks in colour,
+    titled, with a class legend (:func:`~intrada_pl.visuals.mask_panel`). ``table(key, columns,
+    rows, step)``: cells may be numbers, strings or pictures (arrays, or ``Path`` objects of PNG
+    files); TensorBoard gets a markdown table and the pictures as images ``key/<row>_<column>``.
+    ``figure(key, path, step)``: a saved figure (PNG). ``scalars(values, step)``: numbers, for
+    what is not logged through ``self.log``.
     """
 
     def __init__(self, loggers: Sequence[Logger]) -> None:
@@ -59,17 +60,25 @@ class Dashboards:
             logger.log_image(key, images=[_wandb_source(p) for p in pictures], step=step, **kwargs)
         for logger in self.tensorboard:
             for i, picture in enumerate(pictures):
-                logger.experiment.add_image(f"{key}/{i}", _array(picture), step, dataformats="HWC")
+                array = _array(picture) if masks is None else mask_panel(_array(picture), masks[i])
+                logger.experiment.add_image(f"{key}/{i}", array, step, dataformats="HWC")
 
     def table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], step: int | None = None) -> None:
         for logger in self.wandb:
-            import wandb  # the W&B logger exists, so wandb is installed
+            import wandb  # a dependency, but 0.5 s to import: only when a W&B logger is there
 
             cells = [[wandb.Image(_wandb_source(c)) if _is_picture(c) else c for c in row] for row in rows]
             logger.log_table(key, columns=list(columns), data=cells, step=step)
         for logger in self.tensorboard:
-            lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-            lines += ["| " + " | ".join("(picture)" if _is_picture(c) else str(c) for c in row) + " |" for row in rows]
+            lines = ["| " + " | ".join(map(_markdown, columns)) + " |", "|" + "---|" * len(columns)]
+            for r, row in enumerate(rows):
+                cells = []
+                for c, cell in enumerate(row):
+                    if _is_picture(cell):
+                        logger.experiment.add_image(f"{key}/{r}_{c}", _array(cell), step or 0, dataformats="HWC")
+                        cell = f"(image {key}/{r}_{c})"
+                    cells.append(_markdown(cell))
+                lines.append("| " + " | ".join(cells) + " |")
             logger.experiment.add_text(key, "\n".join(lines), step or 0)
 
     def figure(self, key: str, path: str | Path, step: int | None = None) -> None:
@@ -86,13 +95,14 @@ def _is_picture(cell: Any) -> bool:
     return isinstance(cell, Path) or isinstance(cell, np.ndarray) and cell.ndim == 3
 
 
+def _markdown(cell: Any) -> str:
+    """A markdown table cell: its text with ``|`` escaped (a column name may hold one)."""
+    return str(cell).replace("|", "\\|")
+
+
 def _wandb_source(picture: Picture) -> np.ndarray | str:
     return str(picture) if isinstance(picture, (str, Path)) else picture
 
 
 def _array(picture: Picture) -> np.ndarray:
-    if isinstance(picture, np.ndarray):
-        return picture
-    from PIL import Image
-
-    return np.asarray(Image.open(picture).convert("RGB"))
+    return picture if isinstance(picture, np.ndarray) else read_rgb(picture)

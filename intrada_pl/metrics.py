@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from intrada_pl.data.labels import CLASS_NAMES, EVAL_SUBSETS
+from intrada_pl.tables import number, text_table
 
 
 def iou_per_class(confmat: Tensor) -> Tensor:
@@ -40,11 +41,6 @@ def _round(value: float) -> float | None:
 
 def format_iou_table(report: dict) -> str:
     """A per-class table for the terminal."""
-    width = max(len(name) for name in CLASS_NAMES)
-    lines = [f"{'class':<{width}}  IoU (%)"]
-    for name, value in report["IoU"].items():
-        lines.append(f"{name:<{width}}  {'n/a' if value is None else f'{value:6.2f}'}")
-    for key, value in report.items():
-        if key.startswith("mIoU"):
-            lines.append(f"{key:<{width}}  {'n/a' if value is None else f'{value:6.2f}'}")
-    return "\n".join(lines)
+    rows = [[name, number(value, "6.2f")] for name, value in report["IoU"].items()]
+    rows += [[key, number(value, "6.2f")] for key, value in report.items() if key.startswith("mIoU")]
+    return text_table(["class", "IoU (%)"], rows)

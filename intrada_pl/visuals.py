@@ -9,7 +9,7 @@ All arrays are RGB ``uint8``; legends and titles are white text on black or on d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import cv2
@@ -25,7 +25,7 @@ from intrada_pl.io import atomic_path
 Color = tuple[int, int, int]
 Entry = tuple[str, Color]  # a legend row: name and swatch colour
 
-#: W&B mask labels: the train IDs' class names, and 255.
+#: Mask legend (W&B's ``class_labels``): the train IDs' class names, and 255.
 CLASS_LABELS: dict[int, str] = {**dict(enumerate(CLASS_NAMES)), IGNORE_INDEX: "ignore"}
 #: Error map colours: correct pixels are the input image in dimmed grey (this grey without one).
 ERROR_COLORS: dict[str, Color] = {"correct": (128, 128, 128), "wrong": (255, 0, 0), "ignore": (0, 0, 0)}
@@ -186,7 +186,9 @@ def colorbar(height: int, colormap: int = cv2.COLORMAP_INFERNO, row: int | None 
     bar_width = max(4, row * 3 // 4)
     width = pad + bar_width + pad + _text_width("1", row) + pad
     out = np.zeros((height, width, 3), np.uint8)
-    top, bottom = row // 2, height - row // 2  # the ends of the bar sit mid-way in the tick labels' rows
+    # the ends of the bar sit mid-way in the tick labels' rows; a picture lower than two rows keeps half its height
+    top = min(row // 2, height // 4)
+    bottom = height - top
     out[top:bottom, pad : pad + bar_width] = heatmap(np.linspace(1, 0, bottom - top)[:, None], colormap)
     for text, y in (("1", top), ("0", bottom - 1)):
         cv2.line(out, (pad + bar_width, y), (pad + bar_width + pad - 1, y), (255, 255, 255), 1)
@@ -195,8 +197,20 @@ def colorbar(height: int, colormap: int = cv2.COLORMAP_INFERNO, row: int | None 
 
 
 def entropy_heatmap(entropy: np.ndarray) -> np.ndarray:
-    """Normalised entropy in [0, 1] as an RGB heat map (bright = uncertain) with its colour bar on the right."""
+    """Normalised entropy in [0, 1] as an RGB heat map (bright = uncertain) with its colour bar on
+    the right: the one entropy picture of the validation panels and the ranking's examples."""
     return np.concatenate([heatmap(entropy), colorbar(entropy.shape[0])], axis=1)
+
+
+def mask_panel(image: np.ndarray, masks: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The image (resized to the masks' size) and each mask of train IDs in the Cityscapes
+    colours, side by side under their titles (the masks' names), with the legend of the classes
+    the masks show on the right: segmentation masks where a dashboard cannot overlay them."""
+    hw = next(iter(masks.values())).shape
+    columns = [resize_bilinear(image, hw), *(colorize(mask) for mask in masks.values())]
+    panel = titled(columns, ["image", *(name.replace("_", " ") for name in masks)])
+    legend = legend_panel(class_entries(present_classes(*masks.values())), panel.shape[0])
+    return np.concatenate([panel, legend], axis=1)
 
 
 # ----------------------------------------------------------------------------------- per-test figures

@@ -20,7 +20,7 @@ from intrada_pl.checkpoint_io import AtomicCheckpointIO
 from intrada_pl.cli import main
 from intrada_pl.cli.lightning import TrainingCLI
 from intrada_pl.loggers import CSVLogger
-from intrada_pl.stages.ranking import atomic_dir
+from intrada_pl.data.ranking_manifest import atomic_dir
 from intrada_pl.stages.segmentation import SegmentationEvalModule
 from helpers import fit_config, write_yaml
 

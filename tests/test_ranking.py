@@ -1,4 +1,5 @@
-"""Entropy ranking (RankingCallback, `intrada predict` + configs/rank_gta5.yaml) and SplitDataModule."""
+"""Entropy ranking (intrada_pl.ranking: scores, split, RankingCallback; `intrada predict` +
+configs/rank_gta5.yaml) and SplitDataModule."""
 
 from __future__ import annotations
 
@@ -18,19 +19,11 @@ from torch.utils.data import DataLoader
 
 from intrada_pl.cli import main
 from intrada_pl.models import DeepLabV2
-from intrada_pl.data.datamodules import SplitDataModule, pseudo_label_path
+from intrada_pl.data.datamodules import SplitDataModule
 from intrada_pl.data.datasets import DatasetLayoutError, read_index_png
-from intrada_pl.stages import ranking
-from intrada_pl.stages.ranking import (
-    RARE_TRAIN_IDS,
-    Ranking,
-    RankingCallback,
-    entropy_scores,
-    num_easy,
-    pseudo_labels,
-    rare_class_factor,
-    write_ranking,
-)
+from intrada_pl.data.ranking_manifest import pseudo_label_path
+from intrada_pl.ranking import RankingCallback
+from intrada_pl.ranking.scores import RARE_TRAIN_IDS, Ranking, entropy_scores, num_easy, pseudo_labels, rare_class_factor
 from intrada_pl.stages.segmentation import SegmentationEvalModule, SegmentationModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,7 +168,7 @@ def test_histogram_is_logged_to_wandb(tmp_path, monkeypatch):
         monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
     logged = []
     monkeypatch.setattr(WandbLogger, "log_image", lambda self, key, images, **kw: logged.append((key, images)))
-    monkeypatch.setattr(WandbLogger, "log_table", lambda self, key, columns, data: logged.append((key, [row[1] for row in data])))
+    monkeypatch.setattr(WandbLogger, "log_table", lambda self, key, columns, data, **kw: logged.append((key, [row[1] for row in data])))
     trainer = L.Trainer(
         accelerator="cpu", logger=WandbLogger(save_dir=str(tmp_path), offline=True), enable_checkpointing=False,
         enable_progress_bar=False, callbacks=[RankingCallback(output_dir=str(tmp_path))],
@@ -186,24 +179,11 @@ def test_histogram_is_logged_to_wandb(tmp_path, monkeypatch):
     __import__("wandb").finish()  # no run left open for later tests (Lightning's WandbLogger reuses an open one)
 
 
-def test_crash_while_writing_keeps_the_previous_ranking(tmp_path, monkeypatch):
-    out = tmp_path / "ranking"
-    labels = {name: ranking.encode_png(np.zeros((2, 2), np.uint8)) for name in ("a.png", "b.png")}
-    write_ranking(out, Ranking.from_scores({"a.png": 0.1, "b.png": 0.2}, 0.5), labels, 0.5, {})
-    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+def test_the_old_class_path_of_the_callback_still_works():
+    """Configs name ``intrada_pl.stages.ranking.RankingCallback`` (the shipped rank configs too)."""
+    from intrada_pl.stages import ranking as old_path
 
-    def crash(*args, **kwargs):
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(ranking, "write_histogram", crash)  # after scores.csv, easy.txt, hard.txt
-    with pytest.raises(RuntimeError, match="disk full"):
-        write_ranking(out, Ranking.from_scores({"a.png": 0.3, "b.png": 0.2}, 1.0), labels, 1.0, {})
-    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
-    fresh = tmp_path / "fresh" / "ranking"
-    with pytest.raises(RuntimeError):
-        write_ranking(fresh, Ranking.from_scores({"a.png": 0.3}, 1.0), labels, 1.0, {})
-    assert not fresh.exists()
-    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name or ".old" in p.name]  # no staging left
+    assert old_path.RankingCallback is RankingCallback and old_path.__all__ == ["RankingCallback"]
 
 
 # ---------------------------------------------------------------------------------- CLI, DDP

@@ -14,7 +14,6 @@ import torch
 
 from helpers import eval_config, write_yaml
 from intrada_pl import visuals
-from intrada_pl.callbacks import tensorboard_panel
 from intrada_pl.cli import main
 from intrada_pl.data.datasets import Cityscapes
 from intrada_pl.data.labels import CLASS_NAMES, PALETTE
@@ -91,10 +90,11 @@ def test_entropy_colour_bar_and_titled_panel():
 
     label = np.zeros((32, 64), np.uint8)
     prediction = np.full((32, 64), 10, np.uint8)
-    panel = tensorboard_panel({"image": np.zeros((32, 64, 3), np.uint8), "label": label, "prediction": prediction, "entropy": entropy})
+    panel = visuals.mask_panel(np.zeros((16, 32, 3), np.uint8), {"ground_truth": label, "predictions": prediction})
     legend = visuals.legend_size(visuals.class_entries([0, 10]), row, 32 + row)[0]
-    assert panel.shape == (32 + row, 3 * 64 + heat.shape[1] + legend, 3)
-    assert (panel[row:, 64:128] == PALETTE[0]).all() and panel[:row, :64].any()  # a title above the image
+    assert panel.shape == (32 + row, 3 * 64 + legend, 3)  # the image resized to the masks' size
+    assert (panel[row:, 64:128] == PALETTE[0]).all() and (panel[row:, 128:192] == PALETTE[10]).all()
+    assert panel[:row, :64].any() and panel[:row, 64:128].any()  # titles above the image and the masks
 
 
 def test_unlabelled_ece_prints_na():

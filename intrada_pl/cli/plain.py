@@ -8,9 +8,10 @@ import os
 from collections.abc import Sequence
 
 from intrada_pl.data.inspect import main as inspect
-from intrada_pl.data.toy import ToySpec, generate, ranking_recall
+from intrada_pl.data.toy import ToySpec, generate
 from intrada_pl.errors import ConfigValueError
 from intrada_pl.pipeline import Pipeline, parse_seeds
+from intrada_pl.ranking.toy_check import ranking_recall
 
 
 def toy_data_main(args: Sequence[str]) -> None:

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from intrada_pl.data.datasets import SegmentationDataset, build_dataset, read_index_png, resize_nearest
+from intrada_pl.data.ranking_manifest import EASY, HARD, PSEUDO_LABELS, pseudo_label_path, ranking_file, read_ranking
 from intrada_pl.data.transforms import Resampling, SegmentationTransform, Size
 from intrada_pl.errors import ConfigValueError
 
@@ -139,7 +140,7 @@ class TargetDataModule(L.LightningDataModule):
     ``"opencv"``); labels stay at full resolution so scores are taken at the ground truth's
     resolution, as in the reference evaluation. In ``predict`` they are resized (nearest, as
     PIL) to ``size`` with the images: the entropy ranking compares them with its pseudo-labels
-    at the ranking resolution (``reliability.json``), and a 1024x512 map is cheap.
+    at the ranking resolution (``quality.json``), and a 1024x512 map is cheap.
 
     ``with_labels``: ``None`` (default) reads labels to evaluate (``test``, ``validate``) and not
     to predict (the reference's ranking reads none); ``True`` reads them in every stage (a
@@ -199,12 +200,6 @@ class TargetDataModule(L.LightningDataModule):
         return self._loader()
 
 
-def pseudo_label_path(label_dir: str | Path, name: str) -> Path:
-    """Where the entropy ranking puts the pseudo-label of image ``name``: the same relative path
-    with a ``.png`` extension (``aachen/aachen_000000_000019_leftImg8bit.png`` stays as it is)."""
-    return Path(label_dir) / Path(name).with_suffix(".png")
-
-
 class PseudoLabelledDataset(Dataset):
     """A dataset's images paired with pseudo-label PNGs (train IDs) in ``label_dir``; items as
     every dataset's, ``{"image", "label", "name"}``. Refuses images without a pseudo-label."""
@@ -236,14 +231,17 @@ class PseudoLabelledDataset(Dataset):
 class SplitDataModule(AdaptationDataModule):
     """The intra-domain stage's data (IntraDA, REFERENCE A4), read from the entropy ranking's output.
 
-    ``ranking_dir`` holds ``easy.txt``, ``hard.txt`` and ``pseudo_labels/`` (see
-    :mod:`intrada_pl.stages.ranking`); the images come from the dataset they were ranked on
-    (``dataset``, ``root``, ``split``). Training batches are ``{"source": easy images with their
-    pseudo-labels, "target": hard images}`` in :class:`SourceTargetDataModule`'s item format, both
-    at 1024x512 by default as in the reference; validation is the dataset's ``val_split``. A
-    manifest naming missing images or pseudo-labels is refused. An empty ``hard.txt``
-    (``lambda_`` 1.0) leaves the "source" side alone: plain self-training on pseudo-labels.
+    ``ranking_dir`` holds ``easy.txt``, ``hard.txt`` and ``pseudo_labels/`` (read by
+    :func:`~intrada_pl.data.ranking_manifest.read_ranking`); the images come from the dataset they
+    were ranked on (``dataset``, ``root``, ``split``). Training batches are ``{"source": easy images
+    with their pseudo-labels, "target": hard images}`` in :class:`SourceTargetDataModule`'s item
+    format, both at 1024x512 by default as in the reference; validation is the dataset's
+    ``val_split``. A manifest naming missing images or pseudo-labels is refused. An empty
+    ``hard.txt`` (``lambda_`` 1.0) leaves the "source" side alone: plain self-training on pseudo-labels.
     """
+
+    #: where a config names the ranking folder (for the error messages)
+    option = "data.init_args.ranking_dir"
 
     def __init__(
         self,
@@ -257,29 +255,23 @@ class SplitDataModule(AdaptationDataModule):
     ) -> None:
         super().__init__(**kwargs)
 
-    def _manifest(self, filename: str) -> Path:
-        path = Path(self.hparams.ranking_dir) / filename
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"ranking manifest {path} not found: run the entropy ranking first (make rank CKPT=...) "
-                "or point data.init_args.ranking_dir at its ranking/ folder"
-            )
-        return path
-
-    def _images(self, list_file: Path) -> SegmentationDataset:
+    def _images(self, list_name: str) -> SegmentationDataset:
+        """The ranked dataset's images that the ranking's list ``list_name`` names."""
         hp = self.hparams
+        list_file = ranking_file(hp.ranking_dir, list_name, self.option)
         return build_dataset(hp.dataset, hp.root, split=hp.split, list_file=list_file, with_labels=False, **(hp.options or {}))
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
         if stage == "fit":
+            manifest = read_ranking(hp.ranking_dir, self.option)
+            if not manifest.easy:
+                raise ConfigValueError(f"{Path(hp.ranking_dir) / EASY} lists no image (int(N * lambda_) was 0): "
+                                       "re-run the ranking with a larger lambda_")
             transform = self.train_transform(hp.size)
-            easy, hard = self._manifest("easy.txt"), self._manifest("hard.txt")
-            if not easy.read_text().strip():
-                raise ValueError(f"{easy} lists no image (int(N * lambda_) was 0): re-run the ranking with a larger lambda_")
-            self.source_set = PseudoLabelledDataset(self._images(easy), Path(hp.ranking_dir) / "pseudo_labels", transform)
-            if hard.read_text().strip():
-                self.target_set = self._images(hard)
+            self.source_set = PseudoLabelledDataset(self._images(EASY), Path(hp.ranking_dir) / PSEUDO_LABELS, transform)
+            if manifest.hard:
+                self.target_set = self._images(HARD)
                 self.target_set.transform = transform
         if stage in ("fit", "validate"):
             self.build_val_set(hp.dataset, hp.root, hp.options)

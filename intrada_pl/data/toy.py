@@ -9,7 +9,6 @@ fraction of the target is rainy or at night, so the entropy ranking has somethin
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import cv2
 import numpy as np
 
 from intrada_pl.data.layouts import write_cityscapes, write_gta5
+from intrada_pl.data.ranking_manifest import list_text
 from intrada_pl.errors import ConfigValueError
 from intrada_pl.io import write_json, write_text
 
@@ -194,42 +194,15 @@ def generate(out: str | Path, spec: ToySpec = ToySpec()) -> dict:
         "hard_train_images": sorted(hard_names),
         "spec": spec.__dict__,
     }
-    write_text(out / "hard_list.txt", "".join(f"{name}\n" for name in summary["hard_train_images"]))
+    write_text(out / "hard_list.txt", list_text(summary["hard_train_images"]))
     write_json(out / "toy_meta.json", summary)
     return summary
 
 
-def ranking_recall(toy_root: str | Path, ranking_dir: str | Path) -> dict:
-    """How well an entropy ranking found the generated hard (rainy/night) train images
-    (:func:`~intrada_pl.stages.ranking_report.hard_list_report`): ``found`` of ``generated_hard``
-    in its ``ranked_hard`` images, recall, precision, ``chance`` (what a random split of the same
-    sizes finds on average) and the AUROC of the scores in ``scores.csv`` (without it, of the
-    rank: ``easy.txt`` then ``hard.txt`` list the images in ascending score order)."""
-    from intrada_pl.stages.ranking_report import hard_list_report
 
-    meta_path = Path(toy_root) / "toy_meta.json"
+def generated_hard_images(root: str | Path) -> list[str]:
+    """The rainy/night train images that :func:`generate` wrote under ``root`` (from its ``toy_meta.json``)."""
+    meta_path = Path(root) / "toy_meta.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} not found: {toy_root} is not toy data written by 'intrada toy-data'")
-    generated = json.loads(meta_path.read_text())["hard_train_images"]
-    splits = {}
-    for split in ("easy", "hard"):
-        path = Path(ranking_dir) / f"{split}.txt"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: point at the ranking/ folder of an entropy ranking")
-        splits[split] = path.read_text().split()
-    scores_path = Path(ranking_dir) / "scores.csv"
-    if scores_path.is_file():
-        with scores_path.open(newline="") as f:
-            scores = {row["name"]: float(row["score"]) for row in csv.DictReader(f)}
-    else:
-        scores = {name: float(rank) for rank, name in enumerate(splits["easy"] + splits["hard"])}
-    report = hard_list_report(scores, splits["hard"], generated)
-    return {
-        "generated_hard": len(generated),
-        "ranked_hard": len(splits["hard"]),
-        "found": report["found"],
-        "recall": report["recall"],
-        "precision": report["precision"],
-        "chance": report["chance_found"],
-        "auroc": report["auroc"],
-    }
+        raise FileNotFoundError(f"{meta_path} not found: {root} is not toy data written by 'intrada toy-data'")
+    return json.loads(meta_path.read_text())["hard_train_images"]

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, Subset
 from torch import Tensor
 
+from intrada_pl.dashboards import Dashboards
 from intrada_pl.data.strong_augment import StrongAugment
 from intrada_pl.io import write_json
 from intrada_pl.models.bn_calibration import (
@@ -174,15 +174,14 @@ class CalibrationModule(SegmentationModule):
     def write_strength_plot(self, strengths: dict[str, dict[str, Tensor]], run_dir: Path) -> Path:
         """``run_dir/strengths.png`` (per-layer channel mean +- std of the mean and variance
         strengths, layer names on the axis) and the numbers in ``run_dir/strengths.json``; both
-        also sent to W&B (image and table) when a WandbLogger is active."""
+        also go to the run's dashboards (figure and table)."""
         mode = self.hparams.calibration
         what = "validation-image average" if mode in ("instcal_c", "chancal_c") else "learned"
         path = plot_strengths(strengths, run_dir / "strengths.png", title=f"{mode} {what} strengths, step {self.global_step}")
         columns, rows = ["layer", "mean_m", "mean_m_std", "var_m", "var_m_std"], strength_table(strengths)
         write_json(run_dir / "strengths.json", {"step": self.global_step, "columns": columns, "rows": rows})
-        for logger in self.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image("calibration/strengths", images=[str(path)], step=self.global_step)
-                logger.log_table("calibration/strengths_table", columns=columns, data=rows, step=self.global_step)
+        dashboards = Dashboards.of(self.trainer)
+        dashboards.figure("calibration/strengths", path, self.global_step)
+        dashboards.table("calibration/strengths_table", columns, rows, self.global_step)
         rank_zero_info(f"calibration strengths plotted to {path}")
         return path

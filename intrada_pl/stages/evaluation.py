@@ -27,6 +27,7 @@ from intrada_pl.metrics import format_iou_table, iou_report
 from intrada_pl.stages.adabn import DEFAULT_CACHE, target_statistics
 from intrada_pl.stages.segmentation import SegmentationEvalModule
 from intrada_pl.stages.tta import AdaBN, MethodSpec, Statistics, build_test_methods
+from intrada_pl.tables import number, text_table
 from intrada_pl.visuals import (
     CLASS_LABELS, confusion_figure, figure_array, prediction_pictures, reliability_bins, reliability_figure, resize_bilinear, write_figure,
 )
@@ -116,21 +117,9 @@ class EvaluationDataModule(TargetDataModule):
 def format_results_table(results: dict[str, dict[str, dict]]) -> str:
     """target x method -> mIoU (%), ECE (%), seconds per image."""
     methods = list(dict.fromkeys(m for per_target in results.values() for m in per_target))
-    width = max(len("target"), *(len(t) for t in results))
-    cell = max(26, *(len(m) + 2 for m in methods))
-    lines = ["mIoU (%) / ECE (%) / seconds per image", f"{'target':<{width}}" + "".join(f"{m:>{cell}}" for m in methods)]
-    for target, per_method in results.items():
-        row = f"{target:<{width}}"
-        for method in methods:
-            r = per_method.get(method)
-            text = "-" if r is None else f"{_fmt(r['mIoU'])} / {_fmt(r['ECE'])} / {r['seconds_per_image']:.3f}"
-            row += f"{text:>{cell}}"
-        lines.append(row)
-    return "\n".join(lines)
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+    rows = [[target, *("-" if (r := per_method.get(m)) is None else f"{_pair(r)} / {r['seconds_per_image']:.3f}" for m in methods)]
+            for target, per_method in results.items()]
+    return text_table(["target", *methods], rows, title="mIoU (%) / ECE (%) / seconds per image")
 
 
 def strength_grid(results: dict[str, dict[str, dict]]) -> dict:
@@ -172,17 +161,16 @@ def layer_study(results: dict[str, dict[str, dict]], method: str, groups: Sequen
 
 def format_layer_table(study: dict) -> str:
     """The :func:`layer_study` of every target as a text table (mIoU % / ECE %)."""
-    lines = []
+    tables = []
     for target, row in study.items():
-        width = max(len("all layers"), *(len(g) for g in row["alone"]))
-        lines += [f"{target}: {row['method']} per layer group, mIoU (%) / ECE (%)", f"{'group':<{width}}{'alone':>18}{'all but':>18}"]
-        lines += [f"{g:<{width}}{_pair(row['alone'][g]):>18}{_pair(row['all_but'][g]):>18}" for g in row["alone"]]
-        lines += [f"{'none':<{width}}{_pair(row['none']):>18}", f"{'all layers':<{width}}{_pair(row['all']):>18}"]
-    return "\n".join(lines)
+        rows = [[g, _pair(row["alone"][g]), _pair(row["all_but"][g])] for g in row["alone"]]
+        rows += [["none", _pair(row["none"]), ""], ["all layers", _pair(row["all"]), ""]]
+        tables.append(text_table(["group", "alone", "all but"], rows, title=f"{target}: {row['method']} per layer group, mIoU (%) / ECE (%)"))
+    return "\n".join(tables)
 
 
 def _pair(scores: dict) -> str:
-    return f"{_fmt(scores['mIoU'])} / {_fmt(scores['ECE'])}"
+    return f"{number(scores['mIoU'])} / {number(scores['ECE'])}"
 
 
 def plot_layer_study(study: dict, path: str | Path) -> Path:
@@ -440,7 +428,7 @@ class Evaluator(SegmentationEvalModule):
         if single:  # one target, one method: its numbers at the top level too
             only = results[self.target_names[0]][self.methods[0].name]
             metrics = {**only, **metrics}
-            self.console_report = f"{format_iou_table(only)}\nECE (%): {_fmt(only['ECE'])}   seconds per image: {only['seconds_per_image']:.4f}"
+            self.console_report = f"{format_iou_table(only)}\nECE (%): {number(only['ECE'])}   seconds per image: {only['seconds_per_image']:.4f}"
         else:
             self.console_report = format_results_table(results)
         path = write_json(self.output / "metrics.json", metrics)

@@ -1,11 +1,13 @@
-"""The ranking's reliability report (intrada_pl.stages.ranking_report, ranking/reliability.json)."""
+"""The ranking's quality report (intrada_pl.ranking.quality, ranking/quality.json)."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import shutil
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -18,14 +20,16 @@ from intrada_pl.cli import main
 from intrada_pl.models import DeepLabV2
 from intrada_pl.data.datamodules import TargetDataModule
 from intrada_pl.data.datasets import DatasetLayoutError
-from intrada_pl.data.toy import ranking_recall
-from intrada_pl.stages.ranking import Ranking, RankingCallback
-from intrada_pl.stages.ranking_report import (
-    Reliability,
+from intrada_pl.errors import ConfigValueError
+from intrada_pl import visuals
+from intrada_pl.ranking import RankingCallback, ranking_recall
+from intrada_pl.ranking.callback import extremes
+from intrada_pl.ranking.quality import (
+    RankingQuality,
     auroc,
     average_ranks,
+    check_hard_list,
     confusion_matrices,
-    extremes,
     hard_list_report,
     image_quality,
     read_name_list,
@@ -33,6 +37,7 @@ from intrada_pl.stages.ranking_report import (
     split_quality,
     split_recall_precision,
 )
+from intrada_pl.ranking.scores import Ranking
 from intrada_pl.stages.segmentation import SegmentationModule
 
 
@@ -79,8 +84,8 @@ def test_split_recall_precision_and_hard_list_report():
     assert split_recall_precision({"a"}, set()) == {"found": 0, "recall": None, "precision": 0.0}
     scores = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}
     report = hard_list_report(scores, ["c", "d"], ["b", "d", "not_ranked.png"])
-    assert report == {"known_hard": 2, "unmatched": 1, "auroc": 0.75, "found": 1, "recall": 0.5, "precision": 0.5,
-                      "chance_found": 1.0}
+    assert report == {"entries": 3, "matched": 2, "unmatched": 1, "auroc": 0.75, "found": 1, "recall": 0.5,
+                      "precision": 0.5, "chance_found": 1.0}
 
 
 def test_read_name_list(tmp_path):
@@ -127,7 +132,7 @@ def hand_ranking() -> tuple[Ranking, dict[str, np.ndarray]]:
 
 def test_report_with_labels_and_hard_list():
     ranking, confusions = hand_ranking()
-    report = Reliability(ranking, 0.5, confusions, known_hard=["c.png", "d.png"]).report
+    report = RankingQuality(ranking, 0.5, confusions, known_hard=["c.png", "d.png"]).report
     assert report["labelled"] and report["classes"] == "19"
     assert report["spearman_score_vs_accuracy"] == pytest.approx(-1.0)
     assert report["spearman_score_vs_mIoU"] == pytest.approx(-1.0)
@@ -137,7 +142,7 @@ def test_report_with_labels_and_hard_list():
     # easy: road 7 right of 8, sidewalk 1 predicted, never true -> IoU road 7/8, sidewalk 0
     assert report["easy"]["IoU"]["road"] == pytest.approx(7 / 8) and report["easy"]["IoU"]["sidewalk"] == 0.0
     assert report["easy"]["IoU"]["car"] is None and report["easy"]["mIoU"] == pytest.approx(7 / 16)
-    assert report["hard_list"] == {"known_hard": 2, "unmatched": 0, "auroc": 1.0, "found": 2, "recall": 1.0,
+    assert report["hard_list"] == {"entries": 2, "matched": 2, "unmatched": 0, "auroc": 1.0, "found": 2, "recall": 1.0,
                                    "precision": 1.0, "chance_found": 1.0}
     assert report["score"]["cut"] == pytest.approx(0.25) and report["score"]["median"] == pytest.approx(0.25)
     json.dumps(report, allow_nan=False)  # strict JSON: undefined values are null
@@ -146,15 +151,15 @@ def test_report_with_labels_and_hard_list():
 def test_report_without_labels_holds_only_label_free_parts(tmp_path):
     ranking, confusions = hand_ranking()
     for unlabelled in (None, {name: np.zeros_like(c) for name, c in confusions.items()}):
-        plain = Reliability(ranking, 0.5, unlabelled)
+        plain = RankingQuality(ranking, 0.5, unlabelled)
         assert set(plain.report) == {"num_images", "num_easy", "num_hard", "lambda_", "score", "labelled"}
         assert plain.report["labelled"] is False
     plain.write(tmp_path)
-    assert (tmp_path / "reliability.json").is_file() and not (tmp_path / "reliability.png").exists()  # histogram.png has it all
-    with_list = Reliability(ranking, 0.5, None, known_hard=["a.png"])
+    assert (tmp_path / "quality.json").is_file() and not (tmp_path / "quality.png").exists()  # histogram.png has it all
+    with_list = RankingQuality(ranking, 0.5, None, known_hard=["a.png"])
     with_list.write(tmp_path)
-    assert json.loads((tmp_path / "reliability.json").read_text())["hard_list"]["auroc"] == 0.0
-    assert (tmp_path / "reliability.png").stat().st_size > 0
+    assert json.loads((tmp_path / "quality.json").read_text())["hard_list"]["auroc"] == 0.0
+    assert (tmp_path / "quality.png").stat().st_size > 0
 
 
 def test_extremes_keep_the_lowest_and_highest():
@@ -198,7 +203,7 @@ def test_ranking_with_labels_writes_the_report(toy_root, checkpoint, tmp_path, c
     hard_list = toy_root / "hard_list.txt"
     main([*rank_args(toy_root, checkpoint, tmp_path), "--trainer.callbacks.init_args.hard_list", str(hard_list)])
     out = tmp_path / "ranking"
-    report = json.loads((out / "reliability.json").read_text())
+    report = json.loads((out / "quality.json").read_text())
     easy, hard = (out / "easy.txt").read_text().split(), (out / "hard.txt").read_text().split()
     assert report["labelled"] is True
     assert (report["num_easy"], report["num_hard"]) == (len(easy), len(hard)) == (4, 2)
@@ -209,10 +214,10 @@ def test_ranking_with_labels_writes_the_report(toy_root, checkpoint, tmp_path, c
         assert all(v is None or 0 <= v <= 1 for v in report[part]["IoU"].values())
     assert -1 <= report["spearman_score_vs_mIoU"] <= 1
     known = read_name_list(hard_list)
-    assert report["hard_list"]["known_hard"] == len(known) == 2
+    assert report["hard_list"]["matched"] == report["hard_list"]["entries"] == len(known) == 2
     assert report["hard_list"]["found"] == len(set(known) & set(hard))
     assert json.loads((out / "summary.json").read_text())["hard_list"] == str(hard_list)
-    assert (out / "reliability.png").stat().st_size > 0
+    assert (out / "quality.png").stat().st_size > 0
     # the toy data's check is the same report
     check = ranking_recall(toy_root, out)
     assert (check["recall"], check["precision"], check["auroc"]) == tuple(report["hard_list"][k] for k in ("recall", "precision", "auroc"))
@@ -223,11 +228,11 @@ def test_ranking_with_labels_writes_the_report(toy_root, checkpoint, tmp_path, c
 def test_ranking_without_labels_writes_the_label_free_report(toy_root, checkpoint, tmp_path):
     main([*rank_args(toy_root, checkpoint, tmp_path), "--data.init_args.with_labels", "false"])
     out = tmp_path / "ranking"
-    report = json.loads((out / "reliability.json").read_text())
+    report = json.loads((out / "quality.json").read_text())
     assert set(report) == {"num_images", "num_easy", "num_hard", "lambda_", "score", "labelled"}
     assert report["labelled"] is False and report["num_images"] == 6
     assert report["score"]["min"] <= report["score"]["median"] <= report["score"]["max"]
-    assert not (out / "reliability.png").exists()
+    assert not (out / "quality.png").exists()
 
 
 def test_missing_hard_list_fails_before_scoring(toy_root, checkpoint, tmp_path, monkeypatch, capsys):
@@ -250,7 +255,7 @@ def test_wandb_gets_the_numbers_the_figure_and_the_examples(tmp_path, monkeypatc
     logged: dict[str, list] = {"image": [], "metrics": [], "table": []}
     monkeypatch.setattr(WandbLogger, "log_image", lambda self, key, images, **kw: logged["image"].append(key))
     monkeypatch.setattr(WandbLogger, "log_metrics", lambda self, metrics, step=None: logged["metrics"].append(metrics))
-    monkeypatch.setattr(WandbLogger, "log_table", lambda self, key, columns, data: logged["table"].append((key, columns, data)))
+    monkeypatch.setattr(WandbLogger, "log_table", lambda self, key, columns, data, **kw: logged["table"].append((key, columns, data)))
     gen = torch.Generator().manual_seed(0)
     items = []
     for i in range(7):  # logits as "images" (FixedLogits), ground truth = their argmax on 1 pixel in (i + 1)
@@ -263,9 +268,9 @@ def test_wandb_gets_the_numbers_the_figure_and_the_examples(tmp_path, monkeypatc
         enable_progress_bar=False, callbacks=[RankingCallback(lambda_=0.5, output_dir=str(tmp_path), examples=2)],
     )
     trainer.predict(FixedLogits(), dataloaders=DataLoader(items, batch_size=3))
-    assert logged["image"] == ["ranking/histogram", "ranking/reliability"]
+    assert logged["image"] == ["ranking/histogram", "ranking/quality"]
     (metrics,) = logged["metrics"]
-    assert metrics["ranking/easy/pixel_accuracy"] == 1.0 and metrics["ranking/num_images"] == 7  # the argmax is right
+    assert metrics["ranking/quality/easy/pixel_accuracy"] == 1.0 and metrics["ranking/quality/num_images"] == 7  # the argmax is right
     (scores_key, scores_columns, score_rows), (key, columns, rows) = logged["table"]
     order = (tmp_path / "ranking" / "easy.txt").read_text().split() + (tmp_path / "ranking" / "hard.txt").read_text().split()
     assert scores_key == "ranking/scores" and scores_columns == ["rank", "name", "score", "split"]
@@ -274,5 +279,59 @@ def test_wandb_gets_the_numbers_the_figure_and_the_examples(tmp_path, monkeypatc
     assert [row[0] for row in rows] == [1, 2, 6, 7] and [row[1] for row in rows] == order[:2] + order[-2:]
     assert [row[2] for row in rows] == ["easy", "easy", "hard", "hard"] and rows[0][4] == 1.0
     strip = np.asarray(rows[0][6].image)
-    assert strip.shape == (6, 8 * 3, 3)  # entropy | pseudo-label | ground truth (the "image" holds logits here)
+    # entropy with its colour bar | pseudo-label | ground truth (the "image" holds logits here)
+    assert strip.shape == (6, 8 * 3 + visuals.colorbar(6).shape[1], 3)
     trainer.logger.experiment.finish()
+
+
+# ---------------------------------------------------------------------------------- hard_list matching (issue 18.8)
+def test_check_hard_list_refuses_a_list_that_matches_no_ranked_image():
+    ranked = ["b/b_1.png", "a/a_0.png"]
+    check_hard_list(["x.png", "a/a_0.png"], ranked, "hard_list h.txt")  # one match is enough
+    check_hard_list([], [], "hard_list h.txt")  # nothing ranked: nothing to compare with
+    with pytest.raises(ConfigValueError) as refused:
+        check_hard_list(["a_0.png", "b_1.png"], ranked, "hard_list h.txt")
+    assert str(refused.value) == ("hard_list h.txt: none of its 2 names is a ranked image (its first: 'a_0.png'); expected "
+                                  "image paths relative to the split's image folder, as in easy.txt, e.g. 'a/a_0.png'")
+    with pytest.raises(ConfigValueError, match=r"^hard_list h.txt lists no image name; expected .* e.g. 'a/a_0.png'$"):
+        check_hard_list([], ranked, "hard_list h.txt")
+
+
+def test_hard_list_matching_no_ranked_image_is_refused_before_scoring(toy_root, checkpoint, tmp_path, monkeypatch, capsys):
+    """Names without their city folder, a likely slip: one line, exit 2, nothing written (it was
+    ``"auroc": null`` and no word)."""
+    from intrada_pl.cli import run
+
+    hard_list = tmp_path / "hard.txt"
+    hard_list.write_text("".join(Path(name).name + "\n" for name in read_name_list(toy_root / "hard_list.txt")))
+    monkeypatch.setattr("sys.argv", ["intrada", *rank_args(toy_root, checkpoint, tmp_path),
+                                     "--trainer.callbacks.init_args.hard_list", str(hard_list)])
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    assert exit_info.value.code == 2
+    ours = [line for line in capsys.readouterr().err.splitlines() if line.startswith("intrada")]  # W&B has its say too
+    assert len(ours) == 1 and ours[0].startswith(f"intrada: error: RankingCallback hard_list {hard_list}: none of its 2 names")
+    assert "e.g. 'aachen/aachen_000000_000019_leftImg8bit.png'" in ours[0]
+    assert not (tmp_path / "ranking").exists()
+
+
+def test_hard_list_matched_count_in_quality_json_and_console(toy_root, checkpoint, tmp_path, caplog):
+    hard_list = tmp_path / "hard.txt"
+    hard_list.write_text((toy_root / "hard_list.txt").read_text() + "munich/munich_000000_000019_leftImg8bit.png\n")
+    caplog.set_level(logging.INFO)
+    main([*rank_args(toy_root, checkpoint, tmp_path), "--trainer.callbacks.init_args.hard_list", str(hard_list)])
+    known = json.loads((tmp_path / "ranking" / "quality.json").read_text())["hard_list"]
+    assert (known["entries"], known["matched"], known["unmatched"]) == (3, 2, 1)
+    assert "hard_list: 2 of 3 names ranked, AUROC " in caplog.text
+
+
+def test_hard_list_is_checked_after_scoring_when_the_dataset_lists_no_names(tmp_path):
+    """A dataset without ``names`` (here a list of dicts): refused once the names are known, before writing."""
+    hard_list = tmp_path / "hard.txt"
+    hard_list.write_text("img_0\n")
+    items = [{"image": torch.randn(19, 6, 8), "name": f"img_{i}.png"} for i in range(3)]
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        callbacks=[RankingCallback(output_dir=str(tmp_path), hard_list=str(hard_list))])
+    with pytest.raises(ConfigValueError, match=r"none of its 1 names is a ranked image \(its first: 'img_0'\).* e.g. 'img_0.png'"):
+        trainer.predict(FixedLogits(), dataloaders=DataLoader(items, batch_size=3))
+    assert not (tmp_path / "ranking").exists()

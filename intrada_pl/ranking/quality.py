@@ -1,4 +1,4 @@
-"""Is the entropy ranking reliable? ``ranking/reliability.json`` and ``reliability.png`` (issue 12).
+"""How good is the entropy ranking? ``ranking/quality.json`` and ``quality.png`` (issue 12).
 
 IntraDA trains on the pseudo-labels of the images it ranks easy. That only helps if a low score
 means good pseudo-labels; a model can be confidently wrong (after ADVENT, foggy Cityscapes
@@ -7,15 +7,15 @@ are. With the ranked split's labels, the report measures this; with a list of im
 hard, it measures how well the score finds them. Everything here is a pure function of the
 ranking, per-image confusion matrices and that list, so it can be checked by hand::
 
-    reliability.json
+    quality.json
       num_images, num_easy, num_hard, lambda_
       score                {min, max, mean, std, median, cut}
       labelled             whether the split had labels (false: only score and hard_list below)
       classes              the classes of mIoU ("19", or the model's first eval subset, "16")
       spearman_score_vs_mIoU, spearman_score_vs_accuracy
-                           rank correlation over the labelled images: negative = reliable
+                           rank correlation over the labelled images: negative = a good ranking
       all, easy, hard      {images, pixels, pixel_accuracy, mIoU, IoU: {class: value}}
-      hard_list            {known_hard, unmatched, auroc, found, recall, precision, chance_found},
+      hard_list            {entries, matched, unmatched, auroc, found, recall, precision, chance_found},
                            with a list of images known to be hard (its path: summary.json)
 
 Rates are fractions in [0, 1] (not %); a value that is undefined (no pixel, one class of
@@ -23,7 +23,8 @@ images only) is null. Each image's confusion matrix compares its pseudo-label as
 (``confidence_threshold``'s 255 pixels not counted) with its labels resized (nearest, as PIL)
 to the ranking resolution: the size the pseudo-labels are trained at, and cheap (1024x512 rather
 than 2048x1024). The split metrics pool the pixels of the split's images into one confusion
-matrix, as the evaluation pools a whole split.
+matrix, as the evaluation pools a whole split. (Not to be confused with the calibration
+"reliability diagram" of ``intrada test``: this is about the ranking, not the softmax.)
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
@@ -43,12 +43,16 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from intrada_pl.data.labels import CLASS_NAMES, EVAL_SUBSETS, colorize
+from intrada_pl.data.labels import CLASS_NAMES, EVAL_SUBSETS
+from intrada_pl.data.ranking_manifest import EASY, parse_names
+from intrada_pl.errors import ConfigValueError
 from intrada_pl.io import write_json
 from intrada_pl.metrics import iou_per_class
+from intrada_pl.ranking.scores import Ranking
+from intrada_pl.tables import number
+from intrada_pl.visuals import write_figure
 
-if TYPE_CHECKING:
-    from intrada_pl.stages.ranking import Ranking
+QUALITY_JSON, QUALITY_PNG, HISTOGRAM_PNG = "quality.json", "quality.png", "histogram.png"
 
 
 # ---------------------------------------------------------------------------------- statistics
@@ -106,12 +110,15 @@ def split_recall_precision(ranked_hard: Collection[str], known_hard: Collection[
 def hard_list_report(scores: Mapping[str, float], ranked_hard: Collection[str], known_hard: Collection[str]) -> dict:
     """AUROC of the score (higher = harder) for the known-hard images among the ranked ones,
     and the hard split's recall/precision; ``chance_found``: what a random split of the same
-    size finds on average. Known names that were not ranked count as ``unmatched`` only."""
-    known = set(known_hard) & set(scores)
+    size finds on average. Of the list's distinct ``entries``, ``matched`` were ranked and count;
+    the ``unmatched`` rest is only counted."""
+    entries = set(known_hard)
+    known = entries & set(scores)
     names = sorted(scores)
     return {
-        "known_hard": len(known),
-        "unmatched": len(set(known_hard) - known),
+        "entries": len(entries),
+        "matched": len(known),
+        "unmatched": len(entries - known),
         "auroc": auroc([scores[n] for n in names], [n in known for n in names]),
         **split_recall_precision(ranked_hard, known),
         "chance_found": len(known) * len(ranked_hard) / len(scores) if scores else 0.0,
@@ -122,9 +129,20 @@ def read_name_list(path: str | Path, option: str = "hard_list") -> list[str]:
     """Image names, one per line as in ``easy.txt`` (blank lines skipped, ``./`` dropped)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{option} file {path} not found (a text file, one image name per line as in easy.txt)")
-    names = (line.strip().replace("\\", "/") for line in path.read_text().splitlines())
-    return [name.removeprefix("./") for name in names if name]
+        raise FileNotFoundError(f"{option} file {path} not found (a text file, one image name per line as in {EASY})")
+    return parse_names(path.read_text())
+
+
+def check_hard_list(known_hard: Collection[str], ranked: Collection[str], source: str) -> None:
+    """Refuse a list of known-hard images of which no name is a ranked image (its AUROC would be
+    null, silently): mostly names in another format. ``source`` says where the list came from."""
+    if set(known_hard) & set(ranked) or not ranked:
+        return
+    expected = f"image paths relative to the split's image folder, as in {EASY}, e.g. {min(ranked)!r}"
+    if not known_hard:
+        raise ConfigValueError(f"{source} lists no image name; expected {expected}")
+    raise ConfigValueError(f"{source}: none of its {len(set(known_hard))} names is a ranked image "
+                           f"(its first: {next(iter(known_hard))!r}); expected {expected}")
 
 
 # ---------------------------------------------------------------------------------- confusion
@@ -179,8 +197,8 @@ def score_stats(scores: Sequence[float]) -> dict:
 
 
 @dataclass
-class Reliability:
-    """The report of one ranking. ``confusions``: per-image ``[true, pseudo-label]`` pixel
+class RankingQuality:
+    """The quality report of one ranking. ``confusions``: per-image ``[true, pseudo-label]`` pixel
     counts (None, or all zero, when the split has no labels); ``known_hard``: the names of a
     hard list; ``subset``: the eval subset whose classes mIoU averages."""
 
@@ -195,7 +213,7 @@ class Reliability:
         return self.confusions is not None and any(c.any() for c in self.confusions.values())
 
     @cached_property
-    def quality(self) -> dict[str, tuple[float | None, float | None]]:
+    def per_image(self) -> dict[str, tuple[float | None, float | None]]:
         """(pixel accuracy, mIoU) per image (:func:`image_quality`); empty without labels."""
         if not self.labelled:
             return {}
@@ -203,7 +221,7 @@ class Reliability:
 
     @cached_property
     def report(self) -> dict:
-        """The content of ``reliability.json`` (see the module docstring)."""
+        """The content of ``quality.json`` (see the module docstring)."""
         ranking = self.ranking
         report: dict = {
             "num_images": len(ranking.order), "num_easy": len(ranking.easy), "num_hard": len(ranking.hard),
@@ -212,26 +230,26 @@ class Reliability:
             "labelled": self.labelled,
         }
         if self.labelled:
-            rated = [name for name in ranking.order if self.quality[name][1] is not None]
+            rated = [name for name in ranking.order if self.per_image[name][1] is not None]
             scores = [ranking.scores[name] for name in rated]
             classes = EVAL_SUBSETS[self.subset]
             report.update({
                 "classes": self.subset,
-                "spearman_score_vs_mIoU": spearman(scores, [self.quality[n][1] for n in rated]),
-                "spearman_score_vs_accuracy": spearman(scores, [self.quality[n][0] for n in rated]),
+                "spearman_score_vs_mIoU": spearman(scores, [self.per_image[n][1] for n in rated]),
+                "spearman_score_vs_accuracy": spearman(scores, [self.per_image[n][0] for n in rated]),
                 **{part: split_quality([self.confusions[n] for n in names], classes)
                    for part, names in (("all", ranking.order), ("easy", ranking.easy), ("hard", ranking.hard))},
             })
-        if self.known_hard is not None:
+        if self.known_hard is not None:  # a list that matches no ranked image is refused: check_hard_list
             report["hard_list"] = hard_list_report(ranking.scores, ranking.hard, self.known_hard)
         return report
 
     def write(self, directory: Path) -> None:
-        """``reliability.json`` and, when there is more to show than ``histogram.png`` (labels or
-        a hard list), ``reliability.png``."""
-        write_json(directory / "reliability.json", self.report)
+        """``quality.json`` and, when there is more to show than ``histogram.png`` (labels or
+        a hard list), ``quality.png``."""
+        write_json(directory / QUALITY_JSON, self.report)
         if self.labelled or self.known_hard is not None:
-            write_figure(directory / "reliability.png", self)
+            write_figure(directory / QUALITY_PNG, quality_figure(self))
 
 
 def report_numbers(report: Mapping, prefix: str) -> dict[str, float]:
@@ -245,28 +263,44 @@ def report_numbers(report: Mapping, prefix: str) -> dict[str, float]:
     return numbers
 
 
-def reliability_line(report: Mapping) -> str:
+def quality_line(report: Mapping) -> str:
     """The report in one line for the terminal."""
     parts = [f"score {report['score']['min']:.4g}..{report['score']['max']:.4g}"]
     if report["labelled"]:
-        parts.append(f"Spearman(score, image mIoU) {_fmt(report['spearman_score_vs_mIoU'])} (reliable: negative)")
-        parts += [f"{split} pseudo-labels: accuracy {_fmt(report[split]['pixel_accuracy'])}, mIoU {_fmt(report[split]['mIoU'])}"
+        parts.append(f"Spearman(score, image mIoU) {number(report['spearman_score_vs_mIoU'])} (good: negative)")
+        parts += [f"{split} pseudo-labels: accuracy {number(report[split]['pixel_accuracy'])}, mIoU {number(report[split]['mIoU'])}"
                   for split in ("easy", "hard")]
     else:
         parts.append("no labels")
     if "hard_list" in report:
         known = report["hard_list"]
-        parts.append(f"hard_list: AUROC {_fmt(known['auroc'])}, recall {_fmt(known['recall'])}, precision {_fmt(known['precision'])}")
-    return "reliability: " + "; ".join(parts)
+        parts.append(f"hard_list: {known['matched']} of {known['entries']} names ranked, AUROC {number(known['auroc'])}, "
+                     f"recall {number(known['recall'])}, precision {number(known['precision'])}")
+    return "ranking quality: " + "; ".join(parts)
 
 
-# ---------------------------------------------------------------------------------- figure
-def write_figure(path: Path, reliability: Reliability) -> None:
+# ---------------------------------------------------------------------------------- figures
+def histogram_figure(ranking: Ranking, lambda_: float) -> Figure:
+    """The score distribution with the lambda cut (``histogram.png``)."""
+    fig = Figure(figsize=(7, 4), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    ax.hist([ranking.scores[name] for name in ranking.order], bins="auto", color="tab:blue")
+    cut = ranking.cut()
+    if cut is not None:
+        ax.axvline(cut, color="tab:red", linestyle="--", label=f"lambda = {lambda_:g}: {len(ranking.easy)} easy | {len(ranking.hard)} hard")
+        ax.legend()
+    ax.set_xlabel("score (mean normalised self-information)")
+    ax.set_ylabel("images")
+    ax.set_title(f"Entropy ranking of {len(ranking.order)} images")
+    return fig
+
+
+def quality_figure(quality: RankingQuality) -> Figure:
     """Histogram of the scores (bars coloured by the images' mean pixel accuracy, known-hard
     images outlined); with labels also score vs per-image mIoU and IoU per class, easy vs hard."""
-    ranking, report, quality = reliability.ranking, reliability.report, reliability.quality
-    known_hard = set(reliability.known_hard or ())
-    labelled = reliability.labelled
+    ranking, report, per_image = quality.ranking, quality.report, quality.per_image
+    known_hard = set(quality.known_hard or ())
+    labelled = quality.labelled
     panels = 3 if labelled else 1
     fig = Figure(figsize=(6.5 * panels, 4.5), dpi=100, layout="constrained")
     axes = fig.subplots(1, panels, squeeze=False)[0]
@@ -276,7 +310,7 @@ def write_figure(path: Path, reliability: Reliability) -> None:
     ax = axes[0]
     _, _, bars = ax.hist(scores, bins=edges, color="tab:gray", label="all images")
     if labelled:
-        accuracy = np.array([np.nan if quality[n][0] is None else quality[n][0] for n in names])
+        accuracy = np.array([np.nan if per_image[n][0] is None else per_image[n][0] for n in names])
         which = np.clip(np.digitize(scores, edges) - 1, 0, len(edges) - 2)
         cmap = matplotlib.colormaps["viridis"]
         for b, bar in enumerate(bars):
@@ -287,27 +321,26 @@ def write_figure(path: Path, reliability: Reliability) -> None:
                      label="mean pixel accuracy of the bin's pseudo-labels")
     if known_hard:
         ax.hist([ranking.scores[n] for n in names if n in known_hard], bins=edges, histtype="step", linewidth=2,
-                color="tab:red", label=f"known hard (AUROC {_fmt(report['hard_list']['auroc'])})")
+                color="tab:red", label=f"known hard (AUROC {number(report['hard_list']['auroc'])})")
     cut = ranking.cut()
     if cut is not None:
         ax.axvline(cut, color="black", linestyle="--", label=f"cut: {len(ranking.easy)} easy | {len(ranking.hard)} hard")
     ax.set(xlabel="score (higher = harder)", ylabel="images", title=f"Entropy ranking of {len(names)} images")
     ax.legend()
     if not labelled:
-        fig.savefig(path)
-        return
+        return fig
     ax = axes[1]
-    rated = [n for n in names if quality[n][1] is not None]
+    rated = [n for n in names if per_image[n][1] is not None]
     easy = set(ranking.easy)
     for split, colour in (("easy", "tab:blue"), ("hard", "tab:orange")):
         chosen = [n for n in rated if (n in easy) == (split == "easy")]
-        ax.scatter([ranking.scores[n] for n in chosen], [quality[n][1] for n in chosen], s=12, color=colour, label=split)
+        ax.scatter([ranking.scores[n] for n in chosen], [per_image[n][1] for n in chosen], s=12, color=colour, label=split)
     marked = [n for n in rated if n in known_hard]
     if marked:
-        ax.scatter([ranking.scores[n] for n in marked], [quality[n][1] for n in marked], s=40, marker="x",
+        ax.scatter([ranking.scores[n] for n in marked], [per_image[n][1] for n in marked], s=40, marker="x",
                    color="tab:red", label="known hard")
     ax.set(xlabel="score (higher = harder)", ylabel=f"per-image mIoU ({report['classes']} classes)",
-           title=f"Spearman {_fmt(report['spearman_score_vs_mIoU'])} (reliable: negative)")
+           title=f"Spearman {number(report['spearman_score_vs_mIoU'])} (good: negative)")
     ax.legend()
     ax = axes[2]
     classes = [CLASS_NAMES[c] for c in EVAL_SUBSETS[report["classes"]]]
@@ -316,28 +349,8 @@ def write_figure(path: Path, reliability: Reliability) -> None:
         part = report[split]
         values = [np.nan if part["IoU"][c] is None else part["IoU"][c] for c in classes]
         ax.bar(x + offset, values, width=0.4, color=colour,
-               label=f"{split}: accuracy {_fmt(part['pixel_accuracy'])}, mIoU {_fmt(part['mIoU'])}")
+               label=f"{split}: accuracy {number(part['pixel_accuracy'])}, mIoU {number(part['mIoU'])}")
     ax.set_xticks(x, classes, rotation=90)
     ax.set(ylabel="IoU of the pseudo-labels", ylim=(0, 1), title="Pseudo-label IoU per class")
     ax.legend()
-    fig.savefig(path)
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
-
-
-# ---------------------------------------------------------------------------------- examples
-def example_strip(image: np.ndarray | None, entropy: np.ndarray, label: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
-    """One image's row of the W&B examples, side by side (H x W*k x 3 uint8 RGB): the input
-    (if given), its entropy map (viridis, 0..1), the pseudo-label and the ground truth (if given)
-    in the Cityscapes colours."""
-    heat = (matplotlib.colormaps["viridis"](np.clip(entropy, 0, 1))[..., :3] * 255).astype(np.uint8)
-    tiles = [tile for tile in (image, heat, colorize(label), None if truth is None else colorize(truth)) if tile is not None]
-    return np.concatenate(tiles, axis=1)
-
-
-def extremes(scores: Mapping[str, float], k: int) -> list[str]:
-    """The ``k`` lowest and ``k`` highest scored names (ascending, ties by name as in the ranking)."""
-    order = sorted(scores, key=lambda name: (scores[name], name))
-    return order if len(order) <= 2 * k else order[:k] + order[-k:]
+    return fig
