@@ -32,3 +32,12 @@ def log_to_this_tests_stderr(monkeypatch):
         for handler in logger.handlers:
             if type(handler) is logging.StreamHandler and getattr(handler.stream, "closed", False):
                 monkeypatch.setattr(handler, "stream", sys.stderr)
+
+
+@pytest.fixture(autouse=True)
+def no_wandb_run_left_open():
+    """A W&B run an in-process test opened is finished after it, so the next test's logger starts its own."""
+    yield
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
