@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from types import FrameType
+from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
@@ -17,6 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from intrada_pl.dashboards import Dashboards
 from intrada_pl.data.datasets import resize_nearest
+from intrada_pl.io import atomic_path
 from intrada_pl.losses import normalized_entropy
 from intrada_pl.visuals import entropy_heatmap
 
@@ -33,12 +35,45 @@ class ModelCheckpoint(LightningModelCheckpoint):
     SIGTERMException at the end of a batch, so what is saved then is a whole iteration, which
     ``--ckpt_path last`` continues exactly. (Uses ModelCheckpoint's own save steps, as its
     ``on_validation_end`` does; Lightning is pinned below 2.7.)
+
+    A run folder is movable: resuming a checkpoint of this run (one under its folder) from a
+    folder that was moved or copied, the paths that Lightning restores (the best ``k`` checkpoints
+    with their scores, the latest) are taken to name the same files in the new folder. Lightning
+    drops them when the folder's path changed, so the resume wrote ``last-v1.ckpt`` beside a stale
+    ``last.ckpt`` and kept a second, worse ``best-step=N.ckpt`` beside the best. ``last.ckpt`` as a
+    link (``save_last="link"``) is replaced atomically: Lightning removes it before linking anew.
     """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.dirpath is None:
             self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
         super().setup(trainer, pl_module, stage)
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Before Lightning hands this callback its state: if the checkpoint is this run's and its
+        folder has moved, point the state's paths into the folder as it is now."""
+        states = checkpoint.get("callbacks") or {}
+        state = states.get(self.state_key)
+        saved = (state or {}).get("dirpath")
+        if saved and self.dirpath and saved != self.dirpath and self._is_own(trainer.ckpt_path, trainer):
+            states[self.state_key] = moved_state(state, str(self.dirpath))
+
+    def _is_own(self, checkpoint: str | None, trainer: Trainer) -> bool:
+        """Whether ``checkpoint`` lies in this run's folder or checkpoint folder (a SLURM requeue's
+        ``hpc_ckpt_N.ckpt`` lies in the run folder), not in another run's."""
+        if not checkpoint:
+            return False
+        path = os.path.realpath(checkpoint)
+        return any(path.startswith(os.path.realpath(folder) + os.sep) for folder in (trainer.default_root_dir, self.dirpath))
+
+    @staticmethod
+    def _link_checkpoint(trainer: Trainer, filepath: str, linkpath: str) -> None:
+        """Lightning's, with the new link renamed over the old one: Lightning removes ``last.ckpt``
+        first, so a kill in between left a run with nothing for ``--ckpt_path last``."""
+        if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
+            with atomic_path(linkpath) as tmp:
+                os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), tmp)
+        trainer.strategy.barrier()
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._save_latest(trainer)
@@ -54,6 +89,18 @@ class ModelCheckpoint(LightningModelCheckpoint):
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
+
+
+def moved_state(state: dict[str, Any], dirpath: str) -> dict[str, Any]:
+    """A ModelCheckpoint state with the paths it holds in its old ``dirpath`` moved to ``dirpath``."""
+    old = state["dirpath"]
+
+    def moved(path: str) -> str:
+        return os.path.join(dirpath, os.path.basename(path)) if path and os.path.dirname(path) == old else path
+
+    paths = {key: moved(state[key]) for key in ("best_model_path", "kth_best_model_path", "last_model_path") if key in state}
+    best_k = {moved(path): score for path, score in (state.get("best_k_models") or {}).items()}
+    return {**state, **paths, "best_k_models": best_k, "dirpath": dirpath}
 
 
 class StopOnSignal(Callback):

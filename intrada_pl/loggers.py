@@ -1,5 +1,6 @@
-"""Loggers that work out of the box: W&B offline unless the user is logged in; a CSV log that
-survives reruns and resumes."""
+"""Loggers that work out of the box: W&B offline unless the user is logged in, one W&B run per
+run folder; a CSV log that survives reruns and resumes; in fit, both on the iteration axis of the
+console and of checkpoint names."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import csv
 import netrc
 import os
 import subprocess
+from argparse import Namespace
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
@@ -21,6 +24,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from intrada_pl.io import atomic_path
+from intrada_pl.runs import folder_run_id
 
 
 def wandb_logged_in() -> bool:
@@ -34,13 +38,62 @@ def wandb_logged_in() -> bool:
         return False
 
 
-class WandbLogger(LightningWandbLogger):
+class IterationSteps(Callback):
+    """Our loggers' step in fit: the iteration a row belongs to, the count that the console prints
+    (``iteration 100``) and checkpoint names carry (``best-step=100``).
+
+    Lightning logs a training step's metrics and the validation after it at the number of
+    iterations *before* that step (99 after the 100th iteration), and the learning rate of the
+    coming iteration at its start; here all of them are logged at that iteration's number (100),
+    whatever step the caller passed (image panels pass ``global_step``, already 100). Outside fit
+    (validate, test, predict) the given step stands. The logger learns that it is in fit as a
+    callback: ``intrada`` registers it; with a bare Trainer, pass it in ``callbacks`` too.
+    """
+
+    _fit_loop: Any = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._fit_loop = trainer.fit_loop if stage == "fit" else None
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._fit_loop = None
+
+    def iteration(self, step: int | None) -> int | None:
+        """``step`` as this logger logs it (see the class docstring)."""
+        if self._fit_loop is None:
+            return step
+        return self._fit_loop.epoch_loop._batches_that_stepped + 1  # Lightning's count of iterations before this one
+
+
+class OnFirstUse:
+    """What :attr:`WandbLogger.experiment` gives before the run exists: anything done with it
+    opens the run first (Lightning asks every logger for its experiment when it sets up the
+    trainer, before the data module has checked its folders)."""
+
+    def __init__(self, open_run: Callable[[], Any]) -> None:
+        self._open_run = open_run
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._open_run(), name)
+
+
+class WandbLogger(LightningWandbLogger, IterationSteps):
     """Lightning's WandbLogger with ``offline`` decided for the user when not given, writing into
     the run folder (``trainer.default_root_dir``, :mod:`intrada_pl.runs`) when ``save_dir`` is unset.
 
     ``WANDB_MODE`` wins when set (``offline``, ``online``, ``disabled``); otherwise runs are
     synced only if the user is logged in, and written to ``<save_dir>/wandb/offline-run-*``
     (upload later with ``wandb sync``) if not, instead of failing for want of an API key.
+
+    - One run folder, one W&B run: unless ``id`` (or ``version``) is given, the run's id is kept in
+      ``<save_dir>/wandb/run_id`` (:func:`~intrada_pl.runs.folder_run_id`), so a resume or a validate in the folder continues the run
+      (``resume="allow"``) instead of opening another one.
+    - The run is opened at the first thing logged, not when the trainer is set up: a command that
+      fails on its inputs opens none, and one that logs nothing (a ranking without W&B panels)
+      leaves no empty run. Hyperparameters given before are sent when it opens; it is finished
+      when the trainer finalises its loggers (a later use in the same process opens it again).
+    - In fit, everything is logged at its iteration (:class:`IterationSteps`), the run's summary
+      keeps the best ``val/mIoU``.
     """
 
     def __init__(self, *args: Any, save_dir: str | None = None, offline: bool | None = None, **kwargs: Any) -> None:
@@ -48,6 +101,44 @@ class WandbLogger(LightningWandbLogger):
             mode = os.environ.get("WANDB_MODE")
             offline = mode in ("offline", "dryrun") if mode else not wandb_logged_in()
         super().__init__(*args, save_dir=save_dir or ".", offline=offline, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            del self._wandb_init["anonymous"]  # wandb warns about any value given, None included
+        self._pending: list[dict[str, Any] | Namespace] = []
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        return self._experiment if self._experiment is not None else OnFirstUse(self._open)
+
+    def _open(self) -> Any:
+        """Open (or continue) the folder's run, with the hyperparameters given so far."""
+        if self._experiment is None:
+            self._id = self._wandb_init["id"] = self._id or folder_run_id(self.save_dir)
+            os.makedirs(self.save_dir, exist_ok=True)  # wandb warns of a missing git root otherwise
+            run = LightningWandbLogger.experiment.fget(self)
+            run.define_metric("val/mIoU", summary="max")
+            pending, self._pending = self._pending, []
+            for params in pending:
+                super().log_hyperparams(params)
+        return self._experiment
+
+    @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:
+        if self._experiment is None:
+            self._pending.append(params)
+        else:
+            super().log_hyperparams(params)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        super().log_metrics(metrics, self.iteration(step))
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        super().finalize(status)
+        if self._experiment is not None:
+            self._experiment.finish(exit_code=0 if status == "success" else 1)
+            self._experiment = None
 
 
 class AppendingWriter(ExperimentWriter):
@@ -114,8 +205,9 @@ def _logged_before(row: dict[str, str], step: int) -> bool:
         return False
 
 
-class CSVLogger(LightningCSVLogger, Callback):
-    """Lightning's CSVLogger, but one ``metrics.csv`` per run folder that reads like one run.
+class CSVLogger(LightningCSVLogger, IterationSteps):
+    """Lightning's CSVLogger, but one ``metrics.csv`` per run folder that reads like one run, its
+    ``step`` column in fit the iteration of each row (:class:`IterationSteps`).
 
     - A rerun with the same ``version`` appends to ``metrics.csv`` instead of deleting it (new
       metric keys widen the header); nothing is rewritten before the run logs.
@@ -145,6 +237,10 @@ class CSVLogger(LightningCSVLogger, Callback):
         if trainer.ckpt_path is not None:
             self.experiment.resume()
 
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        super().log_metrics(metrics, self.iteration(step))
+
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
         self.save()
 
@@ -165,14 +261,16 @@ def git_commit() -> str | None:
 class RunRecord(SaveConfigCallback):
     """Lightning's config.yaml in the log folder, plus what makes a run reproducible in every logger:
     the git commit and the seed (CSV: ``hparams.yaml``); W&B also gets the whole resolved config
-    and keeps the best ``val/mIoU`` in the run summary."""
+    and keeps the best ``val/mIoU`` in the run summary (ours: :class:`WandbLogger`, when its run
+    opens)."""
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         record = {"git_commit": git_commit(), "seed": self.config.get("seed_everything")}
         for logger in trainer.loggers:
             if isinstance(logger, LightningWandbLogger):
                 config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
-                logger.experiment.config.update({**record, "config": config}, allow_val_change=True)
-                logger.experiment.define_metric("val/mIoU", summary="max")
+                logger.log_hyperparams({**record, "config": config})
+                if not isinstance(logger, WandbLogger):
+                    logger.experiment.define_metric("val/mIoU", summary="max")
             else:
                 logger.log_hyperparams(record)

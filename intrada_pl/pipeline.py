@@ -8,9 +8,18 @@ the stage config so that its checkpoints, logs and ranking land there (a predict
 ``stage_config.yaml`` (keys sorted) and runs it in a child process. The last step prints one
 table, mIoU per stage.
 
-Dataset roots are the only paths a user edits (YAML anchors keep them in one place).
-Outputs a link can name: ``<stage>.checkpoint`` (``checkpoints/last.ckpt`` of a fit stage) and
-``<stage>.ranking`` (the ``ranking/`` folder of a ranking stage).
+Dataset roots are the only paths a user sets: the YAML names them once, ``roots: {gta5:
+data/GTA5, ...}``, stages and the test take them as links (``roots.gta5``), and ``intrada pipeline
+--root gta5=/data/GTA5`` (repeatable) sets one without editing the YAML. Before anything runs,
+the roots that a stage to run or a test to run reads must be folders. Outputs a link can name:
+``<stage>.checkpoint`` (``checkpoints/last.ckpt`` of a fit stage) and ``<stage>.ranking`` (the
+``ranking/`` folder of a predict stage with a ranking callback).
+
+The YAML is checked as it is read, so that a mistake stops the pipeline before its first stage
+trains, not when its turn comes (:class:`PipelineError`, one line): its shape, each stage's keys,
+name (a folder name in ``run_dir``, used once), command (``fit`` or ``predict``) and links (to an
+earlier stage's output, or a root), the tested stages (fit stages of the pipeline); a stage's
+config file is checked when the pipeline is planned.
 
 What runs again. A stage's fingerprint is the sha256 of its ``stage_config.yaml`` text. That
 file is written just before the stage starts, so it records the config its checkpoints were
@@ -50,7 +59,9 @@ holder dies, so it is never stale. SIGTERM or SIGINT stop the running child, a s
 cleaning up (SIGKILL, ``PR_SET_PDEATHSIG``); other systems lack that, so there a child
 outlives a killed pipeline (the lock needs POSIX ``fcntl``: no Windows).
 
-Seeds. ``seeds: [0, 1, 2]`` in the pipeline YAML (or ``intrada pipeline --seeds 0,1,2``, which
+Seeds. A stage or test whose config names no seed runs with seed 0, Lightning's own default,
+given to it as ``PL_GLOBAL_SEED`` (otherwise each such child warns "No seed found").
+``seeds: [0, 1, 2]`` in the pipeline YAML (or ``intrada pipeline --seeds 0,1,2``, which
 wins) runs every stage once per seed, in ``<run_dir>/seed_<s>/<stage>/``: each seed is a
 single-seed pipeline of its own (links resolve within it; its own ``summary.md``), whose
 stages get ``seed_everything: <s>`` in their resolved config (after ``overrides``), so each
@@ -64,6 +75,7 @@ one table) and only sets ``seed_everything``; no seeds leaves the stage configs'
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import fcntl
 import hashlib
@@ -75,7 +87,7 @@ import signal
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -86,16 +98,23 @@ import yaml
 
 from intrada_pl.errors import BadInputError
 from intrada_pl.io import write_json, write_text
+from intrada_pl.runs import folder_run_id, yaml_kind
 
 CHECKPOINT_CLASSES = ("lightning.pytorch.callbacks.ModelCheckpoint", "intrada_pl.callbacks.ModelCheckpoint")
-RANKING_CLASS = "intrada_pl.stages.ranking.RankingCallback"
+COMMANDS = ("fit", "predict")
+OUTPUTS = {"checkpoint": "fit", "ranking": "predict"}  # what a link can name -> the command of the stages that write it
+ROOTS = "roots"  # links to a dataset root: roots.<name>
+STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a folder name: no "..", no "/", no "." (links split at it)
+STAGE_KEYS = ("name", "command", "config", "links", "overrides", "checkpoint_from")
+RANKING_CLASSES = ("intrada_pl.stages.ranking.RankingCallback", "intrada_pl.ranking.RankingCallback", "intrada_pl.ranking.callback.RankingCallback")
 LOCK_FILE = "pipeline.lock"
 GRACE_S = 30.0  # how long a stopped child may take to exit after SIGTERM: to end its batch and save last.ckpt
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-class PipelineError(BadInputError):
-    """A run the pipeline refuses to start (the console script prints it as ``intrada: error: ...``)."""
+class PipelineError(BadInputError, ValueError):
+    """A pipeline YAML, or a run, that the pipeline refuses (the console script prints it as
+    ``intrada: error: ...``)."""
 
 
 @dataclass
@@ -111,7 +130,12 @@ class Stage:
     def inputs(self) -> set[str]:
         """The stages whose outputs this one reads."""
         sources = [*self.links.values(), *([f"{self.checkpoint_from}.checkpoint"] if self.checkpoint_from else [])]
-        return {source.split(".")[0] for source in sources}
+        return {source.split(".")[0] for source in sources} - {ROOTS}
+
+    @property
+    def roots(self) -> list[str]:
+        """The dataset roots this one reads."""
+        return _roots_of(self.links)
 
 
 @dataclass
@@ -138,26 +162,43 @@ class Pipeline:
     test_config: dict
     evaluations: list[Evaluation]
     seeds: list[int] = field(default_factory=list)  # one run per seed (module docstring); empty: the configs' own
+    roots: dict[str, str] = field(default_factory=dict)  # dataset root name -> folder
+    test_links: dict[str, str] = field(default_factory=dict)  # test config key -> roots.<name>
     intrada: list[str] = field(default_factory=lambda: [sys.executable, "-m", "intrada_pl.cli"])  # runs a stage
     grace_s: float = GRACE_S
     label: str = ""  # printed before stage names: "seed_1/" for one seed of a multi-seed run
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> Pipeline:
+    def from_yaml(cls, path: str | Path, roots: Mapping[str, str] | None = None) -> Pipeline:
+        """The pipeline of a YAML, checked (module docstring); ``roots`` (``--root``) replace
+        roots that the YAML names."""
+        where = str(path)
         spec = yaml.safe_load(Path(path).read_text())
-        seeds = check_seeds(spec["seeds"], f"{path}: seeds") if "seeds" in spec else []
-        stages = [Stage(**item) for item in spec["stages"]]
-        names = [s.name for s in stages]
-        for stage in stages:
-            for source in stage.inputs:
-                if source not in names[: names.index(stage.name)]:
-                    raise ValueError(f"stage {stage.name!r}: {source} does not name an earlier stage")
+        if spec is None:
+            raise PipelineError(f"{where} is empty: a pipeline needs run_dir, stages and test")
+        if not isinstance(spec, dict):
+            raise PipelineError(f"{where} must be a mapping with run_dir, stages and test, got {yaml_kind(spec)}")
+        missing = [key for key in ("run_dir", "stages", "test") if key not in spec]
+        if missing:
+            raise PipelineError(f"{where}: run_dir, stages and test are needed, {', '.join(missing)} missing")
+        seeds = check_seeds(spec["seeds"], f"{where}: seeds") if "seeds" in spec else []
+        all_roots = {str(name): str(folder) for name, folder in (spec.get(ROOTS) or {}).items()}
+        for name in roots or {}:
+            if name not in all_roots:
+                raise PipelineError(f"{where}: --root {name}: no such root; roots: {', '.join(sorted(all_roots)) or '(none)'}")
+        all_roots.update(roots or {})
+        stages = check_stages(spec["stages"], all_roots, where)
         test = spec["test"]
-        evaluations = [Evaluation(**e) if isinstance(e, dict) else Evaluation(e) for e in test["stages"]]
+        if not isinstance(test, dict) or not {"config", "stages"} <= set(test) or not isinstance(test["stages"], list):
+            raise PipelineError(f"{where}: test must be a mapping with config (an intrada test config) and stages (a list), got {test!r}")
+        evaluations = check_evaluations(test["stages"], stages, where)
+        test_links = test.get("links", {})
+        for link in test_links.values():
+            _check_root_link(link, all_roots, f"{where}: test")
         test_config = yaml.safe_load(Path(test["config"]).read_text())
         for key, value in test.get("overrides", {}).items():
             _set(test_config, key, value)
-        return cls(Path(spec["run_dir"]), stages, test_config, evaluations, seeds)
+        return cls(Path(spec["run_dir"]), stages, test_config, evaluations, seeds, all_roots, test_links)
 
     def per_seed(self) -> list[Pipeline]:
         """The single-seed pipelines this one runs: itself with fewer than two seeds, otherwise
@@ -170,14 +211,16 @@ class Pipeline:
         return self.run_dir / name
 
     def output(self, link: str) -> str:
+        """What a (checked) link names: a dataset root, or a stage's output."""
         name, kind = link.split(".", 1)
-        outputs = {"checkpoint": self.stage_dir(name) / "checkpoints" / "last.ckpt", "ranking": self.stage_dir(name) / "ranking"}
-        if kind not in outputs:
-            raise ValueError(f"unknown output {kind!r} in link {link!r}; known: {sorted(outputs)}")
-        return str(outputs[kind])
+        if name == ROOTS:
+            return self.roots[kind]
+        return str(self.stage_dir(name) / ("checkpoints/last.ckpt" if kind == "checkpoint" else kind))
 
     def resolve(self, stage: Stage) -> dict:
         """The stage's config with its outputs under ``<run_dir>/<stage>`` and its links filled in."""
+        if not Path(stage.config).is_file():
+            raise PipelineError(f"stage {stage.name!r}: its config {stage.config} does not exist")
         config = yaml.safe_load(Path(stage.config).read_text())
         out = self.stage_dir(stage.name)
         trainer = config.setdefault("trainer", {})
@@ -188,7 +231,7 @@ class Pipeline:
         for callback in trainer.get("callbacks") or []:
             if callback.get("class_path") in CHECKPOINT_CLASSES:
                 callback.setdefault("init_args", {})["dirpath"] = str(out / "checkpoints")
-            elif callback.get("class_path") == RANKING_CLASS:
+            elif callback.get("class_path") in RANKING_CLASSES:
                 callback.setdefault("init_args", {})["output_dir"] = str(out)
         for key, source in stage.links.items():
             _set(config, key, self.output(source))
@@ -262,7 +305,7 @@ class Pipeline:
                 return f"{last} is no readable Lightning checkpoint"
             return f"{last} is at iteration {step} of {max_steps}" if step < max_steps else None
         ranking = out / "ranking"
-        if any(c.get("class_path") == RANKING_CLASS for c in trainer.get("callbacks") or []) and not ranking.is_dir():
+        if any(c.get("class_path") in RANKING_CLASSES for c in trainer.get("callbacks") or []) and not ranking.is_dir():
             return f"{ranking} is missing"
         return None
 
@@ -289,9 +332,36 @@ class Pipeline:
             raise PipelineError(f"stage {name!r}: intrada {step.stage.command} exited 0 but {unfinished}; not marked done")
         write_text(out / "DONE", f"finished\nsha256 {fingerprint(step.config)}\n")
 
+    def resolved_test_config(self) -> dict:
+        """The test config with its links (dataset roots) filled in."""
+        config = copy.deepcopy(self.test_config)
+        for key, link in self.test_links.items():
+            _set(config, key, self.output(link))
+        return config
+
+    def check_roots(self, plans: Iterable[tuple[Pipeline, list[Step]]]) -> None:
+        """Every dataset root that a stage to run or a test to run reads is a folder: a missing
+        one is refused before anything starts, not when its stage's turn comes."""
+        readers: dict[str, list[str]] = {}
+        for run, steps in plans:
+            for step in steps:
+                for name in step.stage.roots if step.action != "skip" else ():
+                    readers.setdefault(name, []).append(run.label + step.stage.name)
+            if any(not (run.evaluation_dir(e) / "metrics.json").is_file() for e in run.evaluations):
+                for name in _roots_of(run.test_links):
+                    readers.setdefault(name, []).append(f"{run.label}test")
+        missing = [name for name in self.roots if name in readers and not Path(self.roots[name]).is_dir()]
+        if missing:
+            folders = "; ".join(f"{name}: {self.roots[name]} (read by {', '.join(dict.fromkeys(readers[name]))})" for name in missing)
+            raise PipelineError(f"dataset roots that are no folders: {folders}; set them under roots: in the pipeline YAML "
+                                f"or with {' '.join(f'--root {name}=DIR' for name in missing)}")
+
+    def evaluation_dir(self, evaluation: Evaluation) -> Path:
+        return self.stage_dir(evaluation.stage) / ("test" if not evaluation.calibration else f"test_{evaluation.calibration}")
+
     def evaluate(self, evaluation: Evaluation, test_config: Path) -> dict:
         label = evaluation.stage + (f"+{evaluation.calibration}" if evaluation.calibration else "")
-        out = self.stage_dir(evaluation.stage) / ("test" if not evaluation.calibration else f"test_{evaluation.calibration}")
+        out = self.evaluation_dir(evaluation)
         if not (out / "metrics.json").is_file():
             args = ["test", "--config", str(test_config), "--ckpt", self.output(f"{evaluation.stage}.checkpoint"), "--output", str(out)]
             if evaluation.calibration:
@@ -312,8 +382,10 @@ class Pipeline:
         """Every stage of every seed, then the evaluations; returns the summary (the rows of the
         table with fewer than two seeds, :func:`aggregate`'s dict otherwise)."""
         os.environ.setdefault("WANDB_RUN_GROUP", self.run_dir.name)  # the stages' W&B runs as one group
+        os.environ.setdefault("PL_GLOBAL_SEED", "0")  # the seed of a child whose config names none (module docstring)
         with _locked(self.run_dir), _exit_on_signals():
             plans = [(run, run.plan()) for run in self.per_seed()]
+            self.check_roots(plans)
             for run, steps in plans:  # all stale folders go before anything runs (see the module docstring)
                 for step in steps:
                     run.prepare(step)
@@ -321,7 +393,7 @@ class Pipeline:
                 for step in steps:
                     if step.action != "skip":
                         run.run_step(step)
-            test_config = write_text(self.run_dir / "test_config.yaml", yaml.safe_dump(self.test_config, sort_keys=False))
+            test_config = write_text(self.run_dir / "test_config.yaml", yaml.safe_dump(self.resolved_test_config(), sort_keys=False))
             results = [run.evaluate_all(test_config) for run, _ in plans]
             if len(results) == 1:
                 summary: list[dict] | dict = results[0]
@@ -483,6 +555,92 @@ def _set(config: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def check_stages(items: Any, roots: Mapping[str, str], where: str) -> list[Stage]:
+    """The stages of a pipeline YAML (``stages:``), each checked against those before it."""
+    if not isinstance(items, list) or not items:
+        raise PipelineError(f"{where}: stages must be a non-empty list of stages, got {yaml_kind(items)}")
+    stages: dict[str, Stage] = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "name" not in item:
+            raise PipelineError(f"{where}: stages[{i}] needs a name")
+        context = f"{where}: stage {item['name']!r}"
+        stage = _stage(item, context)
+        if stage.name in stages:
+            raise PipelineError(f"{context} is named twice: stage names are folder names, one per stage")
+        for link in stage.links.values():
+            _check_link(link, stages, roots, context, f"link {link!r}")
+        if stage.checkpoint_from is not None:
+            _check_link(f"{stage.checkpoint_from}.checkpoint", stages, roots, context, "checkpoint_from")
+        stages[stage.name] = stage
+    return list(stages.values())
+
+
+def _stage(item: dict, context: str) -> Stage:
+    unknown = [key for key in item if key not in STAGE_KEYS]
+    if unknown:
+        raise PipelineError(f"{context}: unknown key {', '.join(map(str, unknown))}; a stage has {', '.join(STAGE_KEYS)}")
+    missing = [key for key in ("command", "config") if key not in item]
+    if missing:
+        raise PipelineError(f"{context}: {' and '.join(missing)} missing")
+    if not isinstance(item["name"], str) or not STAGE_NAME.fullmatch(item["name"]) or item["name"] == ROOTS:
+        raise PipelineError(f"{context}: a stage name is a folder name in run_dir: letters, digits, _ and -, not {ROOTS!r}")
+    if item["command"] not in COMMANDS:
+        raise PipelineError(f"{context}: command must be {' or '.join(COMMANDS)}, got {item['command']!r}")
+    return Stage(**item)
+
+
+def _check_link(link: Any, earlier: Mapping[str, Stage], roots: Mapping[str, str], context: str, what: str) -> None:
+    """A link (``what``, for messages) names a root, or an output of an earlier stage that such a stage writes."""
+    name, _, kind = str(link).partition(".")
+    if name == ROOTS:
+        return _check_root_link(link, roots, context)
+    if name not in earlier:
+        raise PipelineError(f"{context}: {name} does not name an earlier stage")
+    if kind not in OUTPUTS:
+        raise PipelineError(f"{context}: unknown output {kind!r} in {what}; known: {', '.join(OUTPUTS)}")
+    if earlier[name].command != OUTPUTS[kind]:
+        raise PipelineError(f"{context}: {what}: only a {OUTPUTS[kind]} stage writes a {kind}, {name} is a {earlier[name].command} stage")
+
+
+def _check_root_link(link: Any, roots: Mapping[str, str], context: str) -> None:
+    name, _, root = str(link).partition(".")
+    if name != ROOTS or root not in roots:
+        raise PipelineError(f"{context}: link {link!r}: no such root; roots: {', '.join(sorted(roots)) or '(none)'}")
+
+
+def _roots_of(links: Mapping[str, str]) -> list[str]:
+    """The dataset roots that ``links`` name."""
+    return [link.partition(".")[2] for link in links.values() if link.partition(".")[0] == ROOTS]
+
+
+def check_evaluations(items: list, stages: list[Stage], where: str) -> list[Evaluation]:
+    """The evaluations of ``test: stages:`` (a stage, or ``{stage, calibration}``), of fit stages of
+    the pipeline: a test reads a stage's checkpoint."""
+    commands = {stage.name: stage.command for stage in stages}
+    evaluations = []
+    for item in items:
+        if isinstance(item, dict) and not ("stage" in item and set(item) <= {"stage", "calibration"}):
+            raise PipelineError(f"{where}: test: {item!r}: an evaluation is a stage, or stage: and calibration:")
+        evaluation = Evaluation(**item) if isinstance(item, dict) else Evaluation(item)
+        if evaluation.stage not in commands:
+            raise PipelineError(f"{where}: test: stage {evaluation.stage!r} is no stage of this pipeline")
+        if commands[evaluation.stage] != "fit":
+            raise PipelineError(f"{where}: test: stage {evaluation.stage!r} is a {commands[evaluation.stage]} stage: only fit stages have a checkpoint to test")
+        evaluations.append(evaluation)
+    return evaluations
+
+
+def parse_roots(items: Iterable[str]) -> dict[str, str]:
+    """``--root NAME=DIR`` (repeatable), as a mapping."""
+    roots = {}
+    for item in items:
+        name, eq, folder = item.partition("=")
+        if not (eq and name and folder):
+            raise PipelineError(f"--root takes NAME=DIR, such as gta5=/data/GTA5, got {item!r}")
+        roots[name] = folder
+    return roots
+
+
 def check_seeds(seeds: Any, where: str) -> list[int]:
     """``seeds`` if it is a non-empty list of distinct integers; else :class:`PipelineError` naming ``where``."""
     if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
@@ -563,8 +721,9 @@ def _markdown(header: list[str], rows: list[list[str]], align: str) -> str:
 
 
 def log_to_wandb(summary: dict, run_dir: Path) -> None:
-    """The multi-seed summary as a W&B run in ``<run_dir>/wandb``: offline unless logged in,
-    ``WANDB_MODE`` wins (as :class:`intrada_pl.loggers.WandbLogger`); skipped without wandb."""
+    """The multi-seed summary as a W&B run in ``<run_dir>/wandb``, the run folder's one
+    (:func:`~intrada_pl.runs.folder_run_id`): offline unless logged in, ``WANDB_MODE`` wins (as
+    :class:`intrada_pl.loggers.WandbLogger`); skipped without wandb."""
     try:
         import wandb
     except ImportError:
@@ -576,8 +735,8 @@ def log_to_wandb(summary: dict, run_dir: Path) -> None:
 
         mode = "online" if wandb_logged_in() else "offline"
     config = {"run_dir": str(run_dir), **{key: summary[key] for key in ("seeds", "statistics", "rule")}}
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "intrada_pl"), name=f"{run_dir.name} seeds",
-                     job_type="pipeline-summary", dir=str(run_dir), mode=mode, config=config)
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "intrada_pl"), name=f"{run_dir.name} seeds", id=folder_run_id(run_dir),
+                     resume="allow", job_type="pipeline-summary", dir=str(run_dir), mode=mode, config=config)
     seeds = summary["seeds"]
     stages = wandb.Table(columns=["stage", "mean", "std", "n", *(f"seed_{s}" for s in seeds)],
                          data=[[r["stage"], r["mean"], r["std"], r["n"], *(p["mIoU"] for p in r["per_seed"])] for r in summary["stages"]])

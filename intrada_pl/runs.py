@@ -13,23 +13,46 @@ into the run folder when the scheduler signals the job.
 
 Every stage gets the same dashboards and checkpoints unless its config names its own
 (:func:`default_loggers`, :func:`default_callbacks`): a change to logging is made here once,
-and a config holds only what is particular to it.
+and a config holds only what is particular to it. A run folder is one W&B run
+(:func:`folder_run_id`) and can be moved or copied: its checkpoints and logs go on from where
+they are (:class:`intrada_pl.callbacks.ModelCheckpoint`).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
-from intrada_pl.errors import BadInputError
+from intrada_pl.errors import BadInputError, ConfigValueError
+from intrada_pl.io import write_text
 
 LAST = "last"
 LAST_IF_PRESENT = "last_if_present"
+RUN_ID_FILE = Path("wandb") / "run_id"  # a run folder's W&B run id (:func:`folder_run_id`)
 
 
 class NothingToResumeError(BadInputError, FileNotFoundError):
     """``--ckpt_path last`` found no checkpoint to resume (or a ``last.ckpt`` link to a missing file)."""
+
+
+def check_config_shape(path: str, data: Any) -> None:
+    """A ``--config`` file's parsed YAML is a mapping of settings whose ``trainer`` (if set) is a
+    mapping: else :class:`ConfigValueError` naming the file (jsonargparse and Lightning fail on
+    these deep inside, with a traceback or a message that names neither file nor key)."""
+    if data is None:
+        raise ConfigValueError(f"--config {path} is empty")
+    if not isinstance(data, dict):
+        raise ConfigValueError(f"--config {path} must be a mapping of settings (trainer:, model:, data:, ...), got {yaml_kind(data)}")
+    trainer = data.get("trainer")
+    if trainer is not None and not isinstance(trainer, dict):
+        raise ConfigValueError(f"--config {path}: trainer must be a mapping of Trainer settings, got {yaml_kind(trainer)}")
+
+
+def yaml_kind(value: Any) -> str:
+    """What a parsed YAML value is, for a message: ``a list``, ``a str``."""
+    return "a list" if isinstance(value, list) else "a mapping" if isinstance(value, dict) else f"a {type(value).__name__}"
 
 
 def run_folder(trainer: Any) -> str:
@@ -92,9 +115,21 @@ def resolve_resume(ckpt_path: str | None, trainer: Any) -> str | None:
     )
 
 
+def folder_run_id(run_dir: str | Path) -> str:
+    """The id of the W&B run of ``run_dir``: the one kept in ``<run_dir>/wandb/run_id``, or a new
+    one written there (atomically), so that every command in the folder, wherever it was moved,
+    continues one W&B run (delete the file to start another, e.g. in a copy that forks the run)."""
+    path = Path(run_dir) / RUN_ID_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(4)
+    write_text(path, run_id + "\n")
+    return run_id
+
+
 def default_loggers(run_dir: str) -> list:
     """CSV (``<run>/logs/metrics.csv``) and W&B (``<run>/wandb/``, offline unless logged in,
-    ``WANDB_MODE`` wins; the run is named after the folder, grouped by ``WANDB_RUN_GROUP``)."""
+    ``WANDB_MODE`` wins; one run per folder, named after it, grouped by ``WANDB_RUN_GROUP``)."""
     from intrada_pl.loggers import CSVLogger, WandbLogger
 
     return [CSVLogger(save_dir=run_dir), WandbLogger(save_dir=run_dir, project="intrada_pl", name=Path(run_dir).name)]

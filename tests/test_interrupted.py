@@ -40,7 +40,7 @@ def fit_yaml(toy_root: Path, run_dir: Path, signals: dict[int, str] | None = Non
     ``probes.SignalAt`` sending ``signals``."""
     config = fit_config(toy_root, run_dir)
     config["trainer"].update(max_steps=MAX_STEPS, val_check_interval=4)
-    config["model"]["init_args"]["schedule_steps"] = MAX_STEPS
+    config["model"]["init_args"]["lr_scheduler"]["init_args"]["total_steps"] = MAX_STEPS
     config["data"]["init_args"]["num_workers"] = workers
     if signals:
         config["trainer"]["callbacks"].append({"class_path": "probes.SignalAt", "init_args": {"signals": signals, "group": group}})
@@ -179,10 +179,10 @@ def test_a_stage_that_exits_0_short_of_max_steps_is_not_done(tmp_path, fake, mon
 
 
 def test_a_predict_stage_done_without_its_ranking_runs_again(tmp_path, fake):
-    from intrada_pl.pipeline import RANKING_CLASS
+    from intrada_pl.pipeline import RANKING_CLASSES
 
     pipeline_yaml(tmp_path)
-    write_yaml(tmp_path / "rank.yaml", {"trainer": {"callbacks": [{"class_path": RANKING_CLASS}]}})
+    write_yaml(tmp_path / "rank.yaml", {"trainer": {"callbacks": [{"class_path": RANKING_CLASSES[0]}]}})
     pipeline(tmp_path, fake).run()
     (tmp_path / "runs" / "rank" / "ranking").rmdir()
     steps = pipeline(tmp_path, fake).plan()

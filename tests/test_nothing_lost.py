@@ -131,8 +131,9 @@ def test_fit_rerun_and_resume_keep_one_log_and_checkpoints_beside_their_target(t
     main(["fit", "--config", cfg])
     log = run_dir / "fit" / "logs" / "metrics.csv"
     _, uninterrupted = read_csv(log)
-    steps = [step for step, _ in shape(uninterrupted)]  # train (and learning-rate) rows per step, val rows after the 2nd and 4th
-    assert steps == sorted(steps) and set(steps) == {0, 1, 2, 3}
+    steps = [step for step, _ in shape(uninterrupted)]  # train (and learning-rate) rows per iteration, val rows after the 2nd and 4th
+    assert steps == sorted(steps) and set(steps) == {1, 2, 3, 4}  # the iterations, as in the checkpoint names below
+    assert [int(row["step"]) for row in uninterrupted if row["val/mIoU"]] == [2, 4]
 
     checkpoints = run_dir / "checkpoints"
     assert {"step=2.ckpt", "step=4.ckpt"} <= set(saved)  # every checkpoint is written by AtomicCheckpointIO (last.ckpt links to one)

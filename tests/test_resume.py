@@ -106,3 +106,93 @@ def test_last_if_present_resumes_or_starts(tmp_path, present):
     hpc.write_bytes(b"x")
     os.utime(hpc, (time.time() + 10, time.time() + 10))
     assert resolve_resume("last", trainer) == resolve_resume("last_if_present", trainer) == str(hpc)  # the newest
+
+
+# --- a data loader setting is free to change on resume ------------------------------------------
+
+
+def remaining(loader) -> list[list[int]]:
+    return [batch.tolist() for batch in loader]
+
+
+@pytest.mark.parametrize("before,after", [(0, 2), (2, 0), (2, 1)])
+def test_a_loader_resumes_its_position_under_another_number_of_workers(before, after):
+    """The sampler's position and shuffle carry over; the workers' own state (none for our map-style
+    datasets) is dropped. Before: an AssertionError deep in torchdata (a 118-line traceback)."""
+    from intrada_pl.data.datamodules import make_loader
+
+    dataset = list(range(20))
+    torch.manual_seed(0)
+    straight = make_loader(dataset, batch_size=2, num_workers=before, train=True)
+    batches = iter(straight)
+    seen = [next(batches).tolist() for _ in range(3)]
+    state = straight.state_dict()
+    rest = [batch.tolist() for batch in batches]
+    assert len(seen + rest) == 10 and sorted(sum(seen + rest, [])) == dataset
+
+    resumed = make_loader(dataset, batch_size=2, num_workers=after, train=True)
+    resumed.load_state_dict(state)
+    assert remaining(resumed) == rest
+    assert len(remaining(resumed)) == 10  # the next epoch is whole
+
+
+def test_a_resume_may_change_the_number_of_data_loader_workers(toy_root, tmp_path, monkeypatch, capsys):
+    from helpers import fit_config, write_yaml
+    from intrada_pl.cli import main
+
+    config = fit_config(toy_root, tmp_path / "run")
+    config["trainer"]["max_steps"] = 2
+    path = write_yaml(tmp_path / "fit.yaml", config)
+    main(["fit", "--config", path])
+    main(["fit", "--config", path, "--ckpt_path", "last", "--trainer.max_steps", "3", "--data.init_args.num_workers", "1"])
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
+
+
+# --- a run folder is movable --------------------------------------------------------------------
+
+
+def validation_scores(run_dir: Path) -> dict[int, float]:
+    import csv
+
+    with open(run_dir / "logs" / "metrics.csv", newline="") as file:
+        return {int(row["step"]): float(row["val/mIoU"]) for row in csv.DictReader(file) if row.get("val/mIoU")}
+
+
+def snapshot(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.lstat().st_mtime_ns for p in folder.rglob("*")}
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("how", ["move", "copy"])
+def test_a_moved_or_copied_run_folder_resumes_into_last_ckpt_and_keeps_its_best(toy_root, tmp_path, how):
+    """Before: the restored ModelCheckpoint state named the old folder, so the resume wrote
+    last-v1.ckpt beside a stale last.ckpt (which the next --ckpt_path last took) and a second,
+    worse best-step=N.ckpt beside the best."""
+    import shutil
+
+    from helpers import fit_config, write_yaml
+    from intrada_pl.cli import main
+
+    config = fit_config(toy_root, tmp_path / "unused")
+    del config["trainer"]["callbacks"]  # the run's default checkpoints: best-step=N.ckpt and last.ckpt
+    config["trainer"].update(logger={"class_path": "intrada_pl.loggers.CSVLogger"}, max_steps=3, val_check_interval=1)
+    path = write_yaml(tmp_path / "fit.yaml", config)
+    old, new = tmp_path / "old", tmp_path / "new"
+    main(["fit", "--config", path, "--trainer.default_root_dir", str(old)])
+    (shutil.move if how == "move" else shutil.copytree)(old, new)
+    before = snapshot(old) if how == "copy" else {}
+
+    main(["fit", "--config", path, "--trainer.default_root_dir", str(new), "--ckpt_path", "last", "--trainer.max_steps", "6"])
+    scores = validation_scores(new)
+    assert sorted(scores) == [1, 2, 3, 4, 5, 6]
+    best = max(scores, key=lambda step: (scores[step], -step))  # the first of equal scores stays the best
+    names = sorted(p.name for p in (new / "checkpoints").iterdir())
+    assert [n for n in names if n.startswith("best")] == [f"best-step={best}.ckpt"]
+    assert [n for n in names if n.startswith("last")] == ["last.ckpt"]
+    last = torch.load(new / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 6
+    tracked = [state for key, state in last["callbacks"].items() if "val/mIoU" in key][0]
+    assert tracked["best_model_path"] == str(new / "checkpoints" / f"best-step={best}.ckpt")
+    assert list(tracked["best_k_models"]) == [tracked["best_model_path"]]
+    if how == "copy":
+        assert snapshot(old) == before  # the original run is untouched

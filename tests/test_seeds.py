@@ -163,6 +163,8 @@ def test_two_seeds_run_every_stage_per_seed_and_summarise(tmp_path, fake, capsys
 
     p.run()  # everything done: skipped per seed, evaluations kept
     assert capsys.readouterr().out.count("done, skipped") == 4
+    run_id = (runs / "wandb" / "run_id").read_text().strip()  # one summary run, continued (offline: a folder per pipeline)
+    assert [path.name.split("-")[3] for path in (runs / "wandb").glob("offline-run-*")] == [run_id, run_id]  # offline-run-<time>-<id>[-n]
 
 
 def test_one_seed_keeps_the_plain_layout(tmp_path, fake):
@@ -201,3 +203,44 @@ def test_demo_seeds_config_is_the_demo_over_three_seeds(monkeypatch):
     assert seeds.seeds == [0, 1, 2] and demo.seeds == []
     assert (seeds.stages, seeds.evaluations, seeds.test_config) == (demo.stages, demo.evaluations, demo.test_config)
     assert seeds.run_dir == Path("runs/demo_seeds") != demo.run_dir
+
+
+
+SEEDING_INTRADA = '''
+"""A stage or test whose config names no seed, seeded as LightningCLI seeds it (seed_everything()):
+records the seed and Lightning's warnings in seeding.jsonl beside this file, then writes a finished
+fit's checkpoint or a test's metrics."""
+import json, shutil, sys, warnings
+from pathlib import Path
+from lightning.fabric.utilities.seed import seed_everything
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    seed = seed_everything(workers=True)
+here, command, args = Path(sys.argv[0]).parent, sys.argv[1], sys.argv[2:]
+with open(here / "seeding.jsonl", "a") as log:
+    log.write(json.dumps({"command": command, "seed": seed, "warnings": [str(w.message) for w in caught]}) + "\\n")
+if command == "test":
+    out = Path(args[args.index("--output") + 1])
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps({"mIoU": 50.0}))
+else:
+    checkpoints = Path(args[args.index("--config") + 1]).parent / "checkpoints"
+    checkpoints.mkdir()
+    shutil.copy(here / "finished.ckpt", checkpoints / "last.ckpt")
+'''
+
+
+@pytest.mark.system
+def test_children_without_a_seed_run_with_seed_0_without_a_warning(tmp_path, fake, monkeypatch):
+    """Before: every stage or test whose config names no seed warned "No seed found" (11 times in a pipeline)."""
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    stage = write_yaml(tmp_path / "stage.yaml", {"trainer": {"max_steps": 4}})
+    spec = {"run_dir": str(tmp_path / "runs"), "stages": [{"name": "source_only", "command": "fit", "config": stage}],
+            "test": {"config": write_yaml(tmp_path / "test.yaml", {"data": {"root": "x"}}), "stages": ["source_only"]}}
+    (tmp_path / "seeding_intrada.py").write_text(SEEDING_INTRADA)
+    p = Pipeline.from_yaml(write_yaml(tmp_path / "pipeline.yaml", spec))
+    p.intrada = [sys.executable, str(tmp_path / "seeding_intrada.py")]
+    p.run()
+    children = [json.loads(line) for line in (tmp_path / "seeding.jsonl").read_text().splitlines()]
+    assert children == [{"command": "fit", "seed": 0, "warnings": []}, {"command": "test", "seed": 0, "warnings": []}]

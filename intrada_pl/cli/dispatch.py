@@ -36,7 +36,7 @@ commands:
                                          [--strengths 0,0.1,...,1]   (mIoU/ECE per m -> OUT/grid.json)
   calibrate-layers  which layers matter: intrada calibrate-layers --config CFG --ckpt PATH [--calibration bn_adapt]
                                          [--groups stem,layer1,...]  (each group alone / all but it -> OUT/layers.json, .png)
-  pipeline   the whole method:         intrada pipeline --config configs/pipeline_gta5.yaml [--seeds 0,1,2]
+  pipeline   the whole method:         intrada pipeline --config configs/pipeline_gta5.yaml [--root NAME=DIR ...] [--seeds 0,1,2]
   toy-data   write the demo data:      intrada toy-data OUT [--check-ranking RANKING_DIR]
   inspect    check a dataset on disk:  intrada inspect {gta5,synthia,synscapes,cityscapes,...} ROOT [--split S] [--json]
                                          [--option KEY=VALUE ...] (e.g. condition=night); exit 1 if problems

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from intrada_pl.data.inspect import main as inspect
 from intrada_pl.data.toy import ToySpec, generate
 from intrada_pl.errors import ConfigValueError
-from intrada_pl.pipeline import Pipeline, parse_seeds
+from intrada_pl.pipeline import Pipeline, parse_roots, parse_seeds
 from intrada_pl.ranking.toy_check import ranking_recall
 
 
@@ -61,8 +61,10 @@ def pipeline_main(args: Sequence[str]) -> None:
         help="comma-separated seeds, e.g. 0,1,2 (overrides the YAML's seeds): every stage once per seed in "
              "RUN_DIR/seed_S/, summary mean +- std over seeds",
     )
+    parser.add_argument("--root", action="append", default=[], metavar="NAME=DIR",
+                        help="set a dataset folder that the pipeline YAML names under roots:, e.g. gta5=/data/GTA5 (repeatable)")
     ns = parser.parse_args(args)
-    pipeline = Pipeline.from_yaml(ns.config)
+    pipeline = Pipeline.from_yaml(ns.config, roots=parse_roots(ns.root))
     if ns.seeds is not None:
         pipeline.seeds = parse_seeds(ns.seeds)
     pipeline.run()

@@ -22,11 +22,58 @@ from intrada_pl.data.transforms import Resampling, SegmentationTransform, Size
 from intrada_pl.errors import ConfigValueError
 
 
+#: What a saved StatefulDataLoader state says about its sampler, in either form (no workers: at
+#: the top; with workers: in the main process's snapshot).
+SAMPLER_KEYS = ("_index_sampler_state", "_sampler_iter_state", "_sampler_iter_yielded", "_IterableDataset_len_called", "_shared_seed")
+
+
+class ResumableDataLoader(StatefulDataLoader):
+    """torchdata's StatefulDataLoader, resuming a state saved with another ``num_workers`` too.
+
+    torchdata keeps the state of a loader without workers and of one with workers in two forms, and
+    asserts that the worker count did not change (a changed ``--data.num_workers`` on resume ended
+    in a 118-line traceback). A loader setting should be free to change between a run and its
+    resume (another node, another CPU count), so such a state is cut down to what it means for a
+    map-style dataset, the sampler's position and shuffling state, in the form this loader reads;
+    the workers' own states (a stateful dataset's, their random seeds) are dropped."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict and saved_workers(state_dict) != self.num_workers:
+            state_dict = self._position_only(state_dict)
+        super().load_state_dict(state_dict)
+
+    def _position_only(self, state: dict[str, Any]) -> dict[str, Any]:
+        snapshot = state.get("_snapshot")
+        main = snapshot["_main_snapshot"] if snapshot else state
+        sampler = {key: main[key] for key in SAMPLER_KEYS}
+        yielded = snapshot["_snapshot_step"] if snapshot else state["_num_yielded"]
+        if not self.num_workers:
+            # A snapshot is taken at every batch (torchdata's default, ours): none since it.
+            return {**sampler, "_num_yielded": yielded, "fetcher_state": None, "dataset_state": None,
+                    "_iterator_finished": state["_iterator_finished"]}
+        base_seed = main.get("_base_seed")
+        if base_seed is None:  # drawn as torch draws it for a fresh iterator
+            base_seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator).item())
+        main_snapshot = {**sampler, "_num_workers": self.num_workers, "_base_seed": base_seed}
+        return {
+            "_snapshot": {"_snapshot_step": yielded, "_last_yielded_worker_id": self.num_workers - 1,  # the next batch: worker 0's
+                          "_main_snapshot": main_snapshot, "_worker_snapshots": {}},
+            "_steps_since_snapshot": state.get("_steps_since_snapshot", 0),
+            "_iterator_finished": state["_iterator_finished"],
+        }
+
+
+def saved_workers(state: dict[str, Any]) -> int:
+    """How many workers the loader that saved ``state`` ran."""
+    return state["_snapshot"]["_main_snapshot"]["_num_workers"] if "_snapshot" in state else 0
+
+
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, train: bool) -> DataLoader:
     """Training loaders shuffle, drop the ragged last batch and are *stateful*: their position and
     shuffling state go into checkpoints, so a resumed run sees exactly the batches an
-    uninterrupted one would. Evaluation loaders keep the dataset's order."""
-    loader_class = StatefulDataLoader if train else DataLoader
+    uninterrupted one would (also with another ``num_workers``: :class:`ResumableDataLoader`).
+    Evaluation loaders keep the dataset's order."""
+    loader_class = ResumableDataLoader if train else DataLoader
     return loader_class(
         dataset,
         batch_size=batch_size,
