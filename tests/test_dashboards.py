@@ -19,6 +19,7 @@ def test_a_config_without_loggers_gets_csv_and_wandb_with_the_run_record(toy_roo
     config["trainer"].update(max_steps=2, val_check_interval=2, log_every_n_steps=1)
     main(["fit", "--config", write_yaml(tmp_path / "fit.yaml", config)])
     wandb = __import__("wandb")
+    assert wandb.run.name == "run"  # after the run folder, not W&B's random words
     wandb.finish()
     wandb.teardown()
 
