@@ -37,21 +37,10 @@ class NothingToResumeError(BadInputError, FileNotFoundError):
     """``--ckpt_path last`` found no checkpoint to resume (or a ``last.ckpt`` link to a missing file)."""
 
 
-def check_config_shape(path: str, data: Any) -> None:
-    """A ``--config`` file's parsed YAML is a mapping of settings whose ``trainer`` (if set) is a
-    mapping: else :class:`ConfigValueError` naming the file (jsonargparse and Lightning fail on
-    these deep inside, with a traceback or a message that names neither file nor key)."""
-    if data is None:
-        raise ConfigValueError(f"--config {path} is empty")
-    if not isinstance(data, dict):
-        raise ConfigValueError(f"--config {path} must be a mapping of settings (trainer:, model:, data:, ...), got {yaml_kind(data)}")
-    trainer = data.get("trainer")
-    if trainer is not None and not isinstance(trainer, dict):
-        raise ConfigValueError(f"--config {path}: trainer must be a mapping of Trainer settings, got {yaml_kind(trainer)}")
-
-
 def yaml_kind(value: Any) -> str:
-    """What a parsed YAML value is, for a message: ``a list``, ``a str``."""
+    """What a parsed YAML value is, for a message: ``nothing``, ``a list``, ``a str``."""
+    if value is None:
+        return "nothing"
     return "a list" if isinstance(value, list) else "a mapping" if isinstance(value, dict) else f"a {type(value).__name__}"
 
 
@@ -127,31 +116,37 @@ def folder_run_id(run_dir: str | Path) -> str:
     return run_id
 
 
-def default_loggers(run_dir: str) -> list:
-    """CSV (``<run>/logs/metrics.csv``) and W&B (``<run>/wandb/``, offline unless logged in,
-    ``WANDB_MODE`` wins; one run per folder, named after it, grouped by ``WANDB_RUN_GROUP``)."""
-    from intrada_pl.loggers import CSVLogger, WandbLogger
+def name_wandb_runs(trainer: Any) -> None:
+    """W&B loggers whose ``name`` is unset name their run after the run folder (``inter_gta5``),
+    not with W&B's random words."""
+    for logger in _entries(trainer.get("logger")):
+        init_args = logger.get("init_args") if hasattr(logger, "get") else None
+        if str(logger.get("class_path", "")).endswith("WandbLogger") and init_args is not None and init_args.get("name") is None:
+            init_args["name"] = Path(run_folder(trainer)).name
 
-    return [CSVLogger(save_dir=run_dir), WandbLogger(save_dir=run_dir, project="intrada_pl", name=Path(run_dir).name)]
+
+def default_loggers() -> list[dict]:
+    """Every command's ``trainer.logger``: CSV (``<run>/logs/metrics.csv``) and W&B (``<run>/wandb/``,
+    offline unless logged in, ``WANDB_MODE`` wins; the run is named after the folder, grouped by
+    ``WANDB_RUN_GROUP``). Config entries, not loggers: the CLI's parser defaults, which
+    ``--print_config`` shows and a config replaces (``save_dir: null``: the run folder)."""
+    return [
+        {"class_path": "intrada_pl.loggers.CSVLogger"},
+        {"class_path": "intrada_pl.loggers.WandbLogger", "init_args": {"project": "intrada_pl"}},
+    ]
 
 
-def default_callbacks(command: str, configured: list, logging: bool) -> list:
-    """For ``fit``: the best checkpoint by target ``val/mIoU`` (``best-step=N.ckpt``), the latest
-    (``last.ckpt``, also after the final iteration) and, when the run logs, the learning rates
-    and the validation panels, each unless the config already has one of its kind."""
-    from lightning.pytorch.callbacks import LearningRateMonitor
-    from lightning.pytorch.callbacks import ModelCheckpoint as AnyModelCheckpoint
-
-    from intrada_pl.callbacks import ModelCheckpoint, SegmentationPanels
-
+def default_callbacks(command: str) -> list[dict]:
+    """``fit``'s ``trainer.callbacks``: the best checkpoint by target ``val/mIoU`` (``best-step=N.ckpt``),
+    the latest (``last.ckpt``, also after the final iteration), the learning rates and the
+    validation panels (``dirpath: null``: the run's ``checkpoints/``); none for ``validate`` and
+    ``predict`` (a ranking is no training run). Config entries, as :func:`default_loggers`."""
     if command != "fit":
         return []
-    has = lambda kind: any(isinstance(c, kind) for c in configured)  # noqa: E731
-    defaults = []
-    if not has(AnyModelCheckpoint):
-        defaults += [ModelCheckpoint(monitor="val/mIoU", mode="max", filename="best-{step}"), ModelCheckpoint(save_last="link")]
-    if logging and not has(LearningRateMonitor):
-        defaults.append(LearningRateMonitor())
-    if logging and not has(SegmentationPanels):
-        defaults.append(SegmentationPanels())
-    return defaults
+    checkpoint = "intrada_pl.callbacks.ModelCheckpoint"
+    return [
+        {"class_path": checkpoint, "init_args": {"monitor": "val/mIoU", "mode": "max", "filename": "best-{step}"}},
+        {"class_path": checkpoint, "init_args": {"save_last": "link"}},
+        {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"},
+        {"class_path": "intrada_pl.callbacks.SegmentationPanels"},
+    ]

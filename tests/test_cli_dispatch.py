@@ -35,3 +35,30 @@ def test_version_and_unknown_command(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["tset"])
     assert exit_info.value.code == 2 and "did you mean 'test'?" in capsys.readouterr().err
+
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("", " is empty: expected settings as key: value lines"),
+        ("# only comments\n", " is empty: expected settings as key: value lines"),
+        ("- trainer\n- model\n", " must hold settings as key: value lines, got a list"),
+        ("trainer:\n  - max_steps: 4\n  - devices: 1\n", ": trainer must hold Trainer settings as indented key: value lines, got a list"),
+        ("trainer:\nmodel: {}\n", ": trainer must hold Trainer settings as indented key: value lines, got nothing"),
+    ],
+    ids=["empty", "comments", "list", "trainer-list", "trainer-null"],
+)
+@pytest.mark.parametrize("command", ["fit", "test", "pipeline"])
+def test_a_config_of_the_wrong_shape_is_refused_naming_the_file(command, text, expected, tmp_path, monkeypatch, capsys):
+    """Issue 18 item 3: ``trainer:`` as a YAML list reset every Trainer setting to Lightning's defaults
+    (1000 epochs, no step limit); an empty file gave ``Unexpected config:`` without naming it."""
+    from intrada_pl.cli import run
+
+    path = tmp_path / "shape.yaml"
+    path.write_text(text)
+    monkeypatch.setattr(sys, "argv", ["intrada", command, "--config", str(path)])
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f"intrada: error: --config {path}{expected}"]

@@ -21,6 +21,7 @@ import yaml  # noqa: E402
 from intrada_pl.cli.report import bad_input, fail, original_message  # noqa: E402
 from intrada_pl.errors import ConfigValueError  # noqa: E402
 from intrada_pl.quiet import silence_noise  # noqa: E402
+from intrada_pl.runs import yaml_kind  # noqa: E402
 
 
 USAGE = """usage: intrada COMMAND [options]
@@ -45,20 +46,36 @@ commands:
 
 
 def _check_config_files(args: Sequence[str]) -> None:
-    """Every ``--config`` file given parses as YAML: jsonargparse reports a syntax error without
-    the file's name, ``intrada pipeline`` with a traceback."""
+    """Every ``--config`` file given parses as YAML and holds settings (:func:`_check_shape`):
+    jsonargparse reports a syntax error without the file's name, ``intrada pipeline`` with a
+    traceback."""
     for i, arg in enumerate(args):
         flag, eq, value = arg.partition("=")
         path = value if eq else args[i + 1] if i + 1 < len(args) else ""
         if flag in ("--config", "-c") and os.path.isfile(path):
             try:
                 with open(path) as file:
-                    yaml.safe_load(file)
+                    content = yaml.safe_load(file)
             except yaml.YAMLError as error:
                 mark = getattr(error, "problem_mark", None)
                 where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
                 problem = getattr(error, "problem", None) or " ".join(str(error).split())
                 raise ConfigValueError(f"--config {path} is not valid YAML: {problem}{where}") from None
+            _check_shape(path, content)
+
+
+def _check_shape(path: str, content: object) -> None:
+    """A config is a mapping, and its ``trainer`` one of Trainer settings (or the path of a file of
+    them): jsonargparse takes a ``trainer:`` written as a YAML list for a whole new Trainer config,
+    silently resetting every setting to Lightning's defaults (1000 epochs, no step limit), and
+    says ``Unexpected config:`` of an empty file without naming it."""
+    if content is None:
+        raise ConfigValueError(f"--config {path} is empty: expected settings as key: value lines")
+    if not isinstance(content, dict):
+        raise ConfigValueError(f"--config {path} must hold settings as key: value lines, got {yaml_kind(content)}")
+    trainer = content.get("trainer", {})
+    if not isinstance(trainer, (dict, str)):
+        raise ConfigValueError(f"--config {path}: trainer must hold Trainer settings as indented key: value lines, got {yaml_kind(trainer)}")
 
 
 def run() -> None:

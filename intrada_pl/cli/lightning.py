@@ -14,11 +14,11 @@ from typing import NoReturn
 from jsonargparse import dict_to_namespace, namespace_to_dict
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from intrada_pl.callbacks import StopOnSignal
+from intrada_pl.callbacks import SegmentationPanels, StopOnSignal
 from intrada_pl.checkpoint_io import AtomicCheckpointIO
 from intrada_pl.cli.report import fail
 from intrada_pl.errors import BadInputError
@@ -26,7 +26,7 @@ from intrada_pl.loggers import RunRecord
 from intrada_pl.models.factory import release_spec_and_state
 from intrada_pl.models.weights import CheckpointMismatchError, is_lightning_checkpoint, read_checkpoint
 from intrada_pl.progress import ConsoleProgressBar
-from intrada_pl.runs import default_callbacks, default_loggers, place_loggers, resolve_resume, run_folder
+from intrada_pl.runs import default_callbacks, default_loggers, name_wandb_runs, place_loggers, resolve_resume
 from intrada_pl.stages.evaluation import EvaluationDataModule, Evaluator
 from intrada_pl.stages.hparams import differences, upgrade_hparams
 from intrada_pl.stages.segmentation import SegmentationEvalModule
@@ -54,6 +54,14 @@ def lightning_errors() -> Iterator[None]:
         if cause is None:
             raise
         raise TrainerSettingError(f"{cause} (a trainer setting Lightning refuses: see --trainer.*)") from error
+
+
+def switched_off(trainer: dict) -> tuple[type, ...]:
+    """The callbacks a ``trainer`` setting switches off: without loggers those that only write to
+    them (Lightning refuses a LearningRateMonitor then), with ``enable_checkpointing: false`` the
+    ModelCheckpoints (refused too)."""
+    kinds: tuple[type, ...] = (LearningRateMonitor, SegmentationPanels) if trainer.get("logger") in (False, []) else ()
+    return kinds + ((ModelCheckpoint,) if trainer.get("enable_checkpointing") is False else ())
 
 
 def training_main(command: str, args: Sequence[str]) -> None:
@@ -115,8 +123,23 @@ class TrainingCLI(NamedCommandCLI):
     """fit / validate / predict over any stage (``test`` has its own CLI, see :class:`EvaluationCLI`).
 
     A config's run lives in ``trainer.default_root_dir`` (:mod:`intrada_pl.runs`): loggers without
-    ``save_dir`` log there, ``--ckpt_path last`` resumes its ``last.ckpt`` or fails, and
-    ``--ckpt_path last_if_present`` resumes it or starts fresh.
+    ``save_dir`` log there (a W&B run without ``name`` is named after it), ``--ckpt_path last``
+    resumes its ``last.ckpt`` or fails, and ``--ckpt_path last_if_present`` resumes it or starts fresh.
+
+    The run's defaults are settings, not code: ``trainer.logger`` defaults to CSV + W&B and, for
+    ``fit``, ``trainer.callbacks`` to the best and last checkpoints, a learning-rate monitor and
+    validation panels (:func:`~intrada_pl.runs.default_loggers`, :func:`~intrada_pl.runs.default_callbacks`),
+    as each subcommand parser's defaults. So ``--print_config`` shows them with every argument,
+    the run's ``config.yaml`` records them, and a config changes them with plain LightningCLI /
+    jsonargparse rules: a ``logger`` or ``callbacks`` list replaces the default list (name the
+    CSV logger alone to drop W&B), ``logger: false`` switches logging off, ``callbacks+:`` in a
+    config or ``--trainer.callbacks+=...`` on the command line appends to it. A list merged by
+    kind, a callback added in code or a ``trainer_defaults`` entry (always added, unconfigurable)
+    would each hide what runs. Switches win over the list: without a logger the callbacks that
+    only write to loggers (LearningRateMonitor, which Lightning would refuse, SegmentationPanels)
+    are left out, with ``enable_checkpointing: false`` the ModelCheckpoints. What is not a setting:
+    the console progress display (as Lightning's own bar, unless the config names a progress bar
+    or disables it) and :class:`StopOnSignal`, on every trainer.
 
     ``--ckpt_path`` takes our Lightning checkpoints, restored by Lightning (class and architecture
     from their hyperparameters), and, for validate / predict, a bare DeepLabV2 state dict such as
@@ -133,12 +156,18 @@ class TrainingCLI(NamedCommandCLI):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, auto_configure_optimizers=False, **kwargs)  # optimisers are the stages' components
 
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        for name, subcommand_parser in self._subcommand_parsers.items():
+            subcommand_parser.set_defaults({"trainer.logger": default_loggers(), "trainer.callbacks": default_callbacks(name)})
+
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         super().parse_arguments(parser, args)
         command = self.config.get("subcommand")
-        if command:  # the run folder (intrada_pl.runs): loggers' save_dir, --ckpt_path last / last_if_present
+        if command:  # the run folder (intrada_pl.runs): loggers' save_dir and W&B name, --ckpt_path last / last_if_present
             config = self.config[command]
             place_loggers(config.trainer)
+            name_wandb_runs(config.trainer)
             config.ckpt_path = resolve_resume(config.get("ckpt_path"), config.trainer)
 
     def _parse_ckpt_path(self) -> None:
@@ -192,18 +221,15 @@ class TrainingCLI(NamedCommandCLI):
         config.ckpt_path = None
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        """Lightning's Trainer, with the run's default loggers and callbacks where the config names
-        none (:mod:`intrada_pl.runs`), saving checkpoints beside their target (:class:`AtomicCheckpointIO`)
-        unless a CheckpointIO plugin was given, with its loggers that are callbacks too (the
-        CSVLogger's resume hook, :class:`intrada_pl.loggers.CSVLogger`) among its callbacks, and
-        with :class:`ConsoleProgressBar` unless the config names a progress bar or disables it."""
+        """Lightning's Trainer with the configured callbacks less those a switch turns off (see the
+        class), saving checkpoints beside their target (:class:`AtomicCheckpointIO`) unless a
+        CheckpointIO plugin was given, with its loggers that are callbacks too (the CSVLogger's
+        resume hook, :class:`intrada_pl.loggers.CSVLogger`) among its callbacks, and with
+        :class:`ConsoleProgressBar` unless the config names a progress bar or disables it."""
         config = self._get(self.config_init, "trainer", default={})
         callbacks = config.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-        if config.get("logger") in (None, True):  # not configured: the run's default dashboards
-            kwargs["logger"] = default_loggers(run_folder(config))
-        if config.get("enable_checkpointing") is not False:
-            callbacks = [*callbacks, *default_callbacks(self.subcommand, callbacks, logging=config.get("logger") is not False)]
+        callbacks = [c for c in callbacks if not isinstance(c, switched_off(config))]
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks = [*callbacks, ConsoleProgressBar()]
         kwargs["callbacks"] = callbacks
