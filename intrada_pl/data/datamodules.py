@@ -200,6 +200,40 @@ class TargetDataModule(L.LightningDataModule):
         return self._loader()
 
 
+def pseudo_label_path(label_dir: str | Path, name: str) -> Path:
+    """Where the entropy ranking puts the pseudo-label of image ``name``: the same relative path
+    with a ``.png`` extension (``aachen/aachen_000000_000019_leftImg8bit.png`` stays as it is)."""
+    return Path(label_dir) / Path(name).with_suffix(".png")
+
+
+class PseudoLabelledDataset(Dataset):
+    """A dataset's images paired with pseudo-label PNGs (train IDs) in ``label_dir``; items as
+    every dataset's, ``{"image", "label", "name"}``. Refuses images without a pseudo-label."""
+
+    def __init__(self, images: SegmentationDataset, label_dir: str | Path, transform: SegmentationTransform) -> None:
+        self.images, self.label_dir, self.transform = images, Path(label_dir), transform
+        missing = [name for name in images.names if not pseudo_label_path(label_dir, name).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(images)} images have no pseudo-label under {label_dir}; first: "
+                f"{pseudo_label_path(label_dir, missing[0])}. Re-run the entropy ranking (make rank CKPT=...)."
+            )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        name = self.images.names[i]
+        image = self.images.read_image(i)
+        label = read_index_png(pseudo_label_path(self.label_dir, name))
+        # written at the ranking size (1024x512): a resizing transform takes it as it is (at that
+        # size a no-op, as in the reference); otherwise back to the image grid, so crops/flips stay aligned
+        if label.shape != image.shape[:2] and not self.transform.resizes_label:
+            label = resize_nearest(label, image.shape[:2])
+        out = self.transform(image=image, mask=label)
+        return {"image": out["image"], "label": out["mask"], "name": name}
+
+
 @dataclass(frozen=True)
 class TargetImages:
     """Images of a target without labels, in a fixed order (a network's statistics are estimated
@@ -251,40 +285,6 @@ class EvaluationDataModule(TargetDataModule):
         names = data.dataset.names[:max_images]
         loader = make_loader(Subset(data.dataset, range(len(names))), batch_size, data.hparams.num_workers, train=False)
         return TargetImages(loader, dict(data.hparams), names)
-
-
-def pseudo_label_path(label_dir: str | Path, name: str) -> Path:
-    """Where the entropy ranking puts the pseudo-label of image ``name``: the same relative path
-    with a ``.png`` extension (``aachen/aachen_000000_000019_leftImg8bit.png`` stays as it is)."""
-    return Path(label_dir) / Path(name).with_suffix(".png")
-
-
-class PseudoLabelledDataset(Dataset):
-    """A dataset's images paired with pseudo-label PNGs (train IDs) in ``label_dir``; items as
-    every dataset's, ``{"image", "label", "name"}``. Refuses images without a pseudo-label."""
-
-    def __init__(self, images: SegmentationDataset, label_dir: str | Path, transform: SegmentationTransform) -> None:
-        self.images, self.label_dir, self.transform = images, Path(label_dir), transform
-        missing = [name for name in images.names if not pseudo_label_path(label_dir, name).is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} of {len(images)} images have no pseudo-label under {label_dir}; first: "
-                f"{pseudo_label_path(label_dir, missing[0])}. Re-run the entropy ranking (make rank CKPT=...)."
-            )
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        name = self.images.names[i]
-        image = self.images.read_image(i)
-        label = read_index_png(pseudo_label_path(self.label_dir, name))
-        # written at the ranking size (1024x512): a resizing transform takes it as it is (at that
-        # size a no-op, as in the reference); otherwise back to the image grid, so crops/flips stay aligned
-        if label.shape != image.shape[:2] and not self.transform.resizes_label:
-            label = resize_nearest(label, image.shape[:2])
-        out = self.transform(image=image, mask=label)
-        return {"image": out["image"], "label": out["mask"], "name": name}
 
 
 class SplitDataModule(AdaptationDataModule):
