@@ -11,9 +11,10 @@ import numpy as np
 
 from intrada_pl.cli.lightning import EvaluationCLI, lightning_errors, one_dialect, repeatable_ckpt
 from intrada_pl.data.datamodules import EvaluationDataModule
-from intrada_pl.evaluation.report import percent
+from intrada_pl.evaluation.report import percent_pair
 from intrada_pl.io import atomic_path, write_json
 from intrada_pl.models.factory import load_segmenter
+from intrada_pl.tables import text_table
 from intrada_pl.stages.evaluation import Evaluator
 from intrada_pl.tta import MethodSpec, groups_with_batchnorm
 
@@ -57,17 +58,12 @@ def layer_study(results: dict[str, dict[str, dict]], method: str, groups: Sequen
 
 def format_layer_table(study: dict) -> str:
     """The :func:`layer_study` of every target as a text table (mIoU % / ECE %)."""
-    lines = []
+    tables = []
     for target, row in study.items():
-        width = max(len("all layers"), *(len(g) for g in row["alone"]))
-        lines += [f"{target}: {row['method']} per layer group, mIoU (%) / ECE (%)", f"{'group':<{width}}{'alone':>18}{'all but':>18}"]
-        lines += [f"{g:<{width}}{_pair(row['alone'][g]):>18}{_pair(row['all_but'][g]):>18}" for g in row["alone"]]
-        lines += [f"{'none':<{width}}{_pair(row['none']):>18}", f"{'all layers':<{width}}{_pair(row['all']):>18}"]
-    return "\n".join(lines)
-
-
-def _pair(scores: dict) -> str:
-    return f"{percent(scores['mIoU'])} / {percent(scores['ECE'])}"
+        rows = [[g, percent_pair(row["alone"][g]), percent_pair(row["all_but"][g])] for g in row["alone"]]
+        rows += [["none", percent_pair(row["none"]), ""], ["all layers", percent_pair(row["all"]), ""]]
+        tables.append(text_table(["group", "alone", "all but"], rows, title=f"{target}: {row['method']} per layer group, mIoU (%) / ECE (%)"))
+    return "\n".join(tables)
 
 
 def plot_layer_study(study: dict, path: str | Path) -> Path:

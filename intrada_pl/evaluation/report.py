@@ -16,28 +16,21 @@ from intrada_pl.data.labels import CLASS_NAMES, IGNORE_INDEX
 from intrada_pl.evaluation.results import EvaluationResults
 from intrada_pl.io import write_json
 from intrada_pl.metrics import format_iou_table
+from intrada_pl.tables import number, text_table
 from intrada_pl.visuals import confusion_figure, figure_array, reliability_figure, write_figure
-
-
-def percent(value: float | None) -> str:
-    """A percentage for a table: two decimals, ``n/a`` for none (no labelled pixel, absent class)."""
-    return "n/a" if value is None else f"{value:.2f}"
 
 
 def format_results_table(scores: dict[str, dict[str, dict]]) -> str:
     """target x method -> mIoU (%), ECE (%), seconds per image."""
     methods = list(dict.fromkeys(m for per_target in scores.values() for m in per_target))
-    width = max(len("target"), *(len(t) for t in scores))
-    cell = max(26, *(len(m) + 2 for m in methods))
-    lines = ["mIoU (%) / ECE (%) / seconds per image", f"{'target':<{width}}" + "".join(f"{m:>{cell}}" for m in methods)]
-    for target, per_method in scores.items():
-        row = f"{target:<{width}}"
-        for method in methods:
-            r = per_method.get(method)
-            text = "-" if r is None else f"{percent(r['mIoU'])} / {percent(r['ECE'])} / {r['seconds_per_image']:.3f}"
-            row += f"{text:>{cell}}"
-        lines.append(row)
-    return "\n".join(lines)
+    rows = [[target, *("-" if (r := per_method.get(m)) is None else f"{percent_pair(r)} / {r['seconds_per_image']:.3f}" for m in methods)]
+            for target, per_method in scores.items()]
+    return text_table(["target", *methods], rows, title="mIoU (%) / ECE (%) / seconds per image")
+
+
+def percent_pair(scores: dict) -> str:
+    """``mIoU / ECE`` in %, ``n/a`` where undefined."""
+    return f"{number(scores['mIoU'])} / {number(scores['ECE'])}"
 
 
 def console_report(results: EvaluationResults) -> str:
@@ -45,7 +38,7 @@ def console_report(results: EvaluationResults) -> str:
     if not results.single:
         return format_results_table(results.scores)
     only = results.scores[results.targets[0]][results.methods[0]]
-    return f"{format_iou_table(only)}\nECE (%): {percent(only['ECE'])}   seconds per image: {only['seconds_per_image']:.4f}"
+    return f"{format_iou_table(only)}\nECE (%): {number(only['ECE'])}   seconds per image: {only['seconds_per_image']:.4f}"
 
 
 def metrics_json(results: EvaluationResults) -> dict[str, Any]:
