@@ -14,8 +14,8 @@ from intrada_pl.data.datamodules import EvaluationDataModule
 from intrada_pl.evaluation.report import percent_pair
 from intrada_pl.io import atomic_path, write_json
 from intrada_pl.models.factory import load_segmenter
-from intrada_pl.tables import text_table
 from intrada_pl.stages.evaluation import Evaluator
+from intrada_pl.tables import text_table
 from intrada_pl.tta import MethodSpec, groups_with_batchnorm
 
 
@@ -113,6 +113,11 @@ def calibrate_grid_main(args: Sequence[str]) -> None:
         print(f"manual strength grid written to {write_json(cli.model.output_folder() / 'grid.json', grid)}")
 
 
+def layer_variants(method: str, groups: Sequence[str]) -> list[str]:
+    """``none``, ``method`` on every layer, and on each group alone and on all but it."""
+    return ["none", method, *(f"{method}[{sign}{g}]" for g in groups for sign in ("", "-"))]
+
+
 class LayerStudyCLI(EvaluationCLI):
     """``intrada test`` with ``method`` on every layer group alone and on all layers but it, beside
     ``none`` and ``method`` on all layers; ``groups`` (None: the groups of the first checkpoint's
@@ -129,11 +134,6 @@ class LayerStudyCLI(EvaluationCLI):
         if self.groups is None:
             self.groups = groups_with_batchnorm(load_segmenter(model.checkpoints[0])[0])
         model.methods = [*model.methods, *layer_variants(self.method, self.groups)]
-
-
-def layer_variants(method: str, groups: Sequence[str]) -> list[str]:
-    """``none``, ``method`` on every layer, and on each group alone and on all but it."""
-    return ["none", method, *(f"{method}[{sign}{g}]" for g in groups for sign in ("", "-"))]
 
 
 def calibrate_layers_main(args: Sequence[str]) -> None:
