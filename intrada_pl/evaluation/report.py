@@ -113,7 +113,7 @@ class EvaluationReport(Callback):
             samples = self.samples.get(t, [])
             for k, method in enumerate(results.methods):
                 prefix = results.key(target, method)
-                masks = [{"predictions": s["predictions"][k], **({"ground_truth": s["label"]} if (s["label"] != IGNORE_INDEX).any() else {})}
+                masks = [{**({"ground_truth": s["label"]} if (s["label"] != IGNORE_INDEX).any() else {}), "predictions": s["predictions"][k]}
                          for s in samples]
                 self.dashboards.images(prefix + "overlays", [s["image"] for s in samples], step, captions=[s["name"] for s in samples], masks=masks)
                 bins, confmat = results.reliability[target][method], results.confusion[target][method]
