@@ -4,7 +4,7 @@ all of them alike. Printed per method: median and minimum seconds per image over
 "x plain", the median over rounds of (this method / plain in the same round), which cancels load
 that changes between rounds better than a ratio of medians.
 
-Each method runs exactly as ``intrada test`` runs it (:func:`intrada_pl.stages.tta.build_test_methods`)
+Each method runs exactly as ``intrada test`` runs it (:func:`intrada_pl.tta.build_test_methods`)
 under ``torch.inference_mode``; ``plain`` is the unconverted model with ``nn.BatchNorm2d`` in eval
 mode. Weights are random (nothing is downloaded): latency does not depend on their values.
 
@@ -26,7 +26,8 @@ from torch import nn
 from intrada_pl.io import write_json
 from intrada_pl.models.bn_calibration import LEARNED_MODES, convert_batchnorm
 from intrada_pl.models.deeplabv2 import DeepLabV2
-from intrada_pl.stages.tta import MethodSpec, build_test_methods
+from intrada_pl.models.factory import SegmenterInfo
+from intrada_pl.tta import MethodSpec, build_test_methods
 
 METHODS = ("none", "manual", "bn_adapt", "instcal_u", "instcal_c", "tent")
 TARGETS = {"instcal_u": 1.10, "instcal_c": 1.25}  # issue 5: at most this many times plain inference
@@ -39,7 +40,8 @@ def build(model: DeepLabV2, method: str) -> nn.Module:
     learned = spec.calibration if spec.calibration in LEARNED_MODES else None
     if learned:  # a calibration checkpoint would hold these layers (strengths at their init values here)
         convert_batchnorm(own, learned)
-    return build_test_methods(own, {"path": "benchmark", "calibration": learned}, [spec])[0]
+    info = SegmenterInfo("benchmark", "release", model.spec(), None, ("19",), learned)
+    return build_test_methods(own, info, [spec])[0]
 
 
 def main() -> None:

@@ -193,19 +193,19 @@ def confidence_threshold_out_of_range(c: Case):
 
 
 def unknown_calibration(c: Case):
-    return c.test("--calibration", "bn_adpt"), ["unknown test-time method 'bn_adpt' (--calibration)", "choose from none, manual, bn_adapt"]
+    return c.test("--method", "bn_adpt"), ["unknown test-time method 'bn_adpt' (--method)", "choose from none, manual, bn_adapt"]
 
 
 def manual_strength_out_of_range(c: Case):
-    return c.test("--calibration", "manual@1.7"), ["manual strength M must lie in [0, 1]", "--calibration manual@1.7"]
+    return c.test("--method", "manual@1.7"), ["manual strength M must lie in [0, 1]", "--method manual@1.7"]
 
 
 def manual_strength_not_a_number(c: Case):
-    return c.test("--calibration", "manual@high"), ["manual@M takes a number M in [0, 1], got 'manual@high'"]
+    return c.test("--calibration", "manual@high"), ["manual@M takes a number M in [0, 1], got 'manual@high' (--method)"]  # the older name
 
 
 def learned_calibration_on_an_uncalibrated_checkpoint(c: Case):
-    return c.test("--calibration", "instcal_u"), ["instcal_u needs a checkpoint calibrated with instcal_u", str(c.weights), "intrada fit --config configs/calib_gta5.yaml"]
+    return c.test("--method", "instcal_u"), ["instcal_u needs a checkpoint calibrated with instcal_u", str(c.weights), "intrada fit --config configs/calib_gta5.yaml"]
 
 
 def no_ckpt_to_test(c: Case):

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from intrada_pl.cli import main
-from intrada_pl.data.datamodules import TargetDataModule
+from intrada_pl.data.datamodules import EvaluationDataModule, TargetDataModule
 from intrada_pl.models.bn_calibration import CalibratedBatchNorm, convert_batchnorm
-from intrada_pl.stages import adabn
-from intrada_pl.stages.tta import AdaBN, CalibrationSwitch, MethodSpec, batchnorm_names, select_layers
+from intrada_pl.models.deeplabv2 import DeepLabV2
+from intrada_pl.tta import AdaBN, CalibrationSwitch, MethodSpec, batchnorm_names, groups_with_batchnorm, select_layers, statistics
 from tests.helpers import eval_config, write_yaml
 
 from tests.helpers import trained_segmenter as _segmenter
@@ -55,6 +55,27 @@ def test_groups_and_patterns_select_batchnorm_layers():
         select_layers(model, ["layer9.*"])
     with pytest.raises(ValueError, match="leaves no BatchNorm"):
         select_layers(model, ["stem", "-bn1"])
+
+
+class OtherGroups(DeepLabV2):
+    """A network naming its layer groups its own way."""
+
+    def layer_groups(self) -> dict[str, tuple[str, ...]]:
+        return {"early": ("bn1", "layer1.*"), "late": ("layer3.*", "layer4.*"), "heads": ("layer5.*", "layer6.*")}
+
+
+def test_layer_groups_come_from_the_segmenter():
+    assert groups_with_batchnorm(_segmenter()) == ["stem", "layer1", "layer2", "layer3", "layer4"]  # DeepLabV2's heads hold none
+    model = OtherGroups(19, depth=18)
+    names = batchnorm_names(model)
+    early = {n for n in names if n == "bn1" or n.startswith("layer1.")}
+    assert groups_with_batchnorm(model) == ["early", "late"]
+    assert select_layers(model, ["early"]) == early
+    assert select_layers(model, ["-late"]) == {n for n in names if not n.startswith(("layer3.", "layer4."))}
+    with pytest.raises(ValueError, match="pattern 'stem' matches no BatchNorm layer of this OtherGroups; groups with BatchNorms: early, late"):
+        select_layers(model, ["stem"])
+    convert_batchnorm(model, "none")  # calibrated layers are selected alike
+    assert select_layers(model, ["early"]) == early and groups_with_batchnorm(model) == ["early", "late"]
 
 
 def _record_bn(model):
@@ -110,6 +131,11 @@ def _target(toy_root) -> dict:
     return {"dataset": "cityscapes", "root": str(toy_root / "Cityscapes"), "size": [64, 32], "num_workers": 0}
 
 
+def _train_images(toy_root, batch_size: int, max_images: int | None = None):
+    """What intrada test's AdaBN reads for the toy Cityscapes: its train split, from the data module."""
+    return EvaluationDataModule(**_target(toy_root)).adabn_images("cityscapes", "train", max_images, batch_size)
+
+
 def test_adabn_statistics_are_pytorch_cumulative_averages(toy_root, tmp_path):
     """momentum=None: running stats = plain average over batches of each batch's mean and unbiased
     variance (over N x H x W), so a short last batch weighs as much as a full one."""
@@ -118,7 +144,7 @@ def test_adabn_statistics_are_pytorch_cumulative_averages(toy_root, tmp_path):
     source = {k: v.clone() for k, v in model.state_dict().items()}
     ckpt = tmp_path / "m.pth"
     torch.save(source, ckpt)
-    stats = adabn.target_statistics(model, ckpt, _target(toy_root), batch_size=4, cache_dir=None)
+    stats = statistics.target_statistics(model, ckpt, _train_images(toy_root, batch_size=4), cache_dir=None)
     assert list(stats) == batchnorm_names(model)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in source.items())  # the model keeps its statistics
 
@@ -136,19 +162,19 @@ def test_adabn_statistics_are_pytorch_cumulative_averages(toy_root, tmp_path):
     torch.testing.assert_close(stats["bn1"]["var"], torch.stack(variances).mean(0))
     assert not torch.allclose(stats["bn1"]["var"], torch.cat(pooled).var((0, 2, 3)), rtol=1e-3)  # not the pooled variance
 
-    first = adabn.target_statistics(model, ckpt, _target(toy_root), batch_size=4, max_images=4, cache_dir=None)
+    first = statistics.target_statistics(model, ckpt, _train_images(toy_root, batch_size=4, max_images=4), cache_dir=None)
     torch.testing.assert_close(first["bn1"]["var"], variances[0])
 
 
 def test_adabn_statistics_are_cached_per_checkpoint_and_target(toy_root, tmp_path, monkeypatch):
     calls = []
-    estimate = adabn.estimate_statistics
-    monkeypatch.setattr(adabn, "estimate_statistics", lambda *a, **k: calls.append(1) or estimate(*a, **k))
+    estimate = statistics.estimate_statistics
+    monkeypatch.setattr(statistics, "estimate_statistics", lambda *a, **k: calls.append(1) or estimate(*a, **k))
     ckpt, cache, out = tmp_path / "m.pth", tmp_path / "cache", tmp_path / "out"
     torch.save(_segmenter().state_dict(), ckpt)
     config = write_yaml(tmp_path / "t.yaml", eval_config(toy_root))
-    args = ["test", "--config", config, "--ckpt", str(ckpt), "--output", str(out), "--calibration", "none",
-            "--calibration", "adabn", "--calibration", "adabn[stem]", "--model.adabn_cache", str(cache), "--model.adabn_batch_size", "4"]
+    args = ["test", "--config", config, "--ckpt", str(ckpt), "--output", str(out), "--method", "none",
+            "--method", "adabn", "--method", "adabn[stem]", "--model.adabn_cache", str(cache), "--model.adabn_batch_size", "4"]
 
     def run() -> dict:
         main(args)
@@ -163,22 +189,22 @@ def test_adabn_statistics_are_cached_per_checkpoint_and_target(toy_root, tmp_pat
 
     model = _segmenter()
     convert_batchnorm(model, "none")
-    settings = {"dataset": "cityscapes", "root": str(toy_root / "Cityscapes"), "size": [64, 32], "num_workers": 0}
-    cached = adabn.target_statistics(model, ckpt, settings, batch_size=4, cache_dir=cache)
+    images = _train_images(toy_root, batch_size=4)
+    cached = statistics.target_statistics(model, ckpt, images, cache_dir=cache)
     assert len(calls) == 1  # the same checkpoint, target and settings as intrada test's
-    adabn.target_statistics(model, ckpt, settings, batch_size=4, cache_dir=cache, recompute=True)
-    adabn.target_statistics(model, ckpt, settings, batch_size=4, max_images=3, cache_dir=cache)
+    statistics.target_statistics(model, ckpt, images, cache_dir=cache, recompute=True)
+    statistics.target_statistics(model, ckpt, _train_images(toy_root, batch_size=4, max_images=3), cache_dir=cache)
     assert len(calls) == 3 and len(list(cache.glob("adabn_*.pt"))) == 2
     torch.save(_segmenter(seed=1).state_dict(), ckpt)  # another checkpoint in the same file
-    other = adabn.target_statistics(_segmenter(seed=1), ckpt, settings, batch_size=4, cache_dir=cache)
+    other = statistics.target_statistics(_segmenter(seed=1), ckpt, images, cache_dir=cache)
     assert len(calls) == 4 and not torch.equal(other["bn1"]["mean"], cached["bn1"]["mean"])
 
 
 def test_calibrate_layers_writes_every_variant(toy_root, reference_pth, tmp_path, capsys):
     out = tmp_path / "layers"
     config = write_yaml(tmp_path / "t.yaml", eval_config(toy_root))
-    main(["calibrate-layers", "--config", config, "--ckpt", str(reference_pth), "--groups", "stem,layer1,layer4", "--output", str(out)])
-    groups = ["stem", "layer1", "layer4"]
+    main(["calibrate-layers", "--config", config, "--ckpt", str(reference_pth), "--output", str(out)])
+    groups = ["stem", "layer1", "layer2", "layer3", "layer4"]  # by default, the checkpoint's segmenter's groups with BatchNorms
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["methods"] == ["none", "bn_adapt", *(f"bn_adapt[{s}{g}]" for g in groups for s in ("", "-"))]
     study = json.loads((out / "layers.json").read_text())["cityscapes"]
@@ -191,7 +217,7 @@ def test_calibrate_layers_writes_every_variant(toy_root, reference_pth, tmp_path
     assert (out / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "all but" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # refused before anything is loaded
-        main(["calibrate-layers", "--config", config, "--ckpt", str(reference_pth), "--calibration", "tent"])
+        main(["calibrate-layers", "--config", config, "--ckpt", str(reference_pth), "--method", "tent"])
     with pytest.raises(Exception) as error:  # the model has no BatchNorm in its heads
         main(["calibrate-layers", "--config", config, "--ckpt", str(reference_pth), "--groups", "heads", "--output", str(out)])
     chain = [error.value]

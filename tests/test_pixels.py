@@ -16,11 +16,10 @@ from PIL import Image
 from intrada_pl.cli.lightning import TrainingCLI
 from intrada_pl.data import labels as L
 from intrada_pl.data import layouts
-from intrada_pl.data.datamodules import SourceTargetDataModule, SplitDataModule, TargetDataModule
+from intrada_pl.data.datamodules import EvaluationDataModule, SourceTargetDataModule, SplitDataModule, TargetDataModule
 from intrada_pl.data.datasets import GTA5, read_rgb, resize_nearest
 from intrada_pl.data.transforms import SegmentationTransform, resize_image
 from intrada_pl.io import write_png, write_text
-from intrada_pl.stages.evaluation import EvaluationDataModule
 from intrada_pl.stages.segmentation import SegmentationEvalModule
 from helpers import write_yaml
 

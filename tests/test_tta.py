@@ -17,7 +17,7 @@ from intrada_pl.data import layouts
 from intrada_pl.models.bn_calibration import CalibratedBatchNorm, convert_batchnorm
 from intrada_pl.stages.evaluation import PixelCalibrationError
 from intrada_pl.models import SegmenterInfo
-from intrada_pl.stages.tta import Tent, MethodSpec, build_test_methods, restore_batchnorm
+from intrada_pl.tta import MethodSpec, Tent, build_test_methods, restore_batchnorm
 
 
 def released(path: str) -> SegmenterInfo:
@@ -158,7 +158,7 @@ def test_several_methods_and_targets_in_one_table(toy_root, reference_pth, tmp_p
     }
     out = tmp_path / "out"
     args = ["test", "--config", _test_config(tmp_path / "t.yaml", data), "--ckpt", str(reference_pth), "--output", str(out)]
-    main([*args, "--calibration", "none", "--calibration", "manual@0", "--calibration", "tent", "--save_predictions"])
+    main([*args, "--method", "none", "--method", "manual@0", "--calibration", "tent", "--save_predictions"])  # --calibration: the older name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["targets"] == ["cityscapes", "acdc_fog"] and metrics["methods"] == ["none", "manual@0", "tent"]
     assert "mIoU" not in metrics  # several results: no single top-level number

@@ -18,7 +18,8 @@ from intrada_pl.cli import main
 from intrada_pl.data.datasets import Cityscapes
 from intrada_pl.data.labels import CLASS_NAMES, PALETTE
 from intrada_pl.models.deeplabv2 import DeepLabV2
-from intrada_pl.stages.evaluation import PixelCalibrationError, format_results_table
+from intrada_pl.evaluation import format_results_table
+from intrada_pl.stages.evaluation import PixelCalibrationError
 
 RED, BLACK = visuals.ERROR_COLORS["wrong"], visuals.ERROR_COLORS["ignore"]
 
@@ -125,7 +126,7 @@ def test_test_writes_pictures_and_fills_a_wandb_run(toy_root, source_pth, tmp_pa
     config = eval_config(toy_root)
     config["trainer"]["logger"] = {"class_path": "intrada_pl.loggers.WandbLogger", "init_args": {"save_dir": str(tmp_path), "project": "t"}}
     config["data"]["targets"] = {"cityscapes": {}, "unlabelled": {"with_labels": False}}
-    config["model"] = {"wandb_images": 2}
+    config["model"] = {"dashboard_images": 2}
     out = tmp_path / "out"
     main(["test", "--config", write_yaml(tmp_path / "t.yaml", config), "--ckpt", str(source_pth), "--output", str(out), "--save_predictions"])
     wandb = __import__("wandb")

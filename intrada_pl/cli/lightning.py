@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from argparse import SUPPRESS
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
@@ -21,13 +22,14 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from intrada_pl.callbacks import SegmentationPanels, StopOnSignal
 from intrada_pl.checkpoint_io import AtomicCheckpointIO
 from intrada_pl.cli.report import fail
+from intrada_pl.data.datamodules import EvaluationDataModule
 from intrada_pl.errors import BadInputError
 from intrada_pl.loggers import RunRecord
 from intrada_pl.models.factory import release_spec_and_state
 from intrada_pl.models.weights import CheckpointMismatchError, is_lightning_checkpoint, read_checkpoint
 from intrada_pl.progress import ConsoleProgressBar
 from intrada_pl.runs import default_callbacks, default_loggers, name_wandb_runs, place_loggers, resolve_resume
-from intrada_pl.stages.evaluation import EvaluationDataModule, Evaluator
+from intrada_pl.stages.evaluation import Evaluator
 from intrada_pl.stages.hparams import differences, upgrade_hparams
 from intrada_pl.stages.segmentation import SegmentationEvalModule
 
@@ -36,6 +38,7 @@ from intrada_pl.data import datamodules  # noqa: F401
 from intrada_pl.stages import calibration, inter, intra, segmentation  # noqa: F401
 
 EVALUATION_COMMANDS = ("test", "calibrate-grid", "calibrate-layers")
+DEFAULT_TEST_RUN = "runs/test"  # intrada test's run folder when its config names none
 
 
 class TrainerSettingError(BadInputError):
@@ -240,43 +243,68 @@ class TrainingCLI(NamedCommandCLI):
         return trainer
 
 class EvaluationCLI(NamedCommandCLI):
-    """``intrada test``: the Evaluator on one or several targets, with short flags for the common options."""
+    """``intrada test``: the Evaluator on one or several targets, with short flags for the common options.
+
+    Its run folder is ``trainer.default_root_dir`` (``runs/test`` unless the config names one):
+    each evaluation's files go to a folder of their own there, named after the checkpoint and
+    methods (:meth:`~intrada_pl.stages.evaluation.Evaluator.output_folder`), unless ``--output``
+    says where; loggers without ``save_dir`` log there: the run's default loggers
+    (:func:`intrada_pl.runs.default_loggers`, shown by ``--print_config``) unless the config names
+    its own, never Lightning's ``lightning_logs/`` in the working directory. Checkpoints are ``--ckpt`` (``--ckpt_path``
+    is read as it, without Lightning's ``best`` / ``last``, which name a fit's checkpoints).
+    """
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {"test": {"model", "dataloaders", "datamodule"}}
+        return {"test": {"model", "dataloaders", "datamodule", "ckpt_path", "weights_only"}}
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, auto_configure_optimizers=False, **kwargs)  # nothing to optimise: no --optimizer
 
     def add_arguments_to_parser(self, parser) -> None:
+        parser.set_defaults({"trainer.default_root_dir": DEFAULT_TEST_RUN, "trainer.logger": default_loggers()})
         parser.add_argument("--ckpt", type=list[str], default=[], help="checkpoint(s) to evaluate; repeat for a logit ensemble")
-        parser.add_argument("--output", type=str | None, default=None, help="where metrics.json and predictions go (default: the run directory)")
+        parser.add_argument("--output", type=str | None, default=None,
+                            help="where metrics.json and predictions go (default: <run folder>/<checkpoint>[_<methods>]/)")
         parser.add_argument("--save_predictions", type=bool, default=False, help="write label-ID, colour, overlay and error-map PNGs")
         parser.link_arguments("ckpt", "model.checkpoints")
         parser.link_arguments("output", "model.output_dir")
         parser.link_arguments("save_predictions", "model.save_predictions")
         parser.add_argument(
-            "--calibration", type=list[str], default=[],
+            "--method", type=list[str], default=[],
             help="test-time method(s): none, manual[@M], bn_adapt, adabn, instcal_u, instcal_c, tent, instcal_u+tent, instcal_c+tent; "
-                 "repeat to compare; METHOD[GROUP,...] restricts it to BatchNorm layers (stem, layer1..4, name patterns, -GROUP: all but)",
+                 "repeat to compare; METHOD[GROUP,...] restricts it to BatchNorm layers (the network's layer groups, e.g. "
+                 "DeepLabV2's stem, layer1..4; name patterns; -GROUP: all but)",
         )
+        parser.add_argument("--calibration", type=list[str], default=[], help=SUPPRESS)  # --method's older name, for configs
         parser.add_argument("--strength", type=float, default=0.1, help="m of a plain 'manual' method")
         parser.add_argument("--strengths", type=list[float], default=[], help="adds manual@M for each M (comma-separated)")
         parser.link_arguments(
-            ("calibration", "strengths"), "model.calibrations", compute_fn=lambda methods, ms: [*methods, *(f"manual@{m:g}" for m in ms)]
+            ("method", "calibration", "strengths"), "model.methods",
+            compute_fn=lambda methods, older, ms: [*methods, *older, *(f"manual@{m:g}" for m in ms)],
         )
         parser.link_arguments("strength", "model.strength")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        super().parse_arguments(parser, args)
+        place_loggers(self.config.test.trainer)
+        name_wandb_runs(self.config.test.trainer)
 
 
 def one_dialect(args: list[str], command: str) -> list[str]:
     """One spelling for every command: ``--ckpt_path`` and ``--ckpt`` name checkpoints, ``--data.X``
     and ``--data.init_args.X`` (``--model.*`` too) set options, whatever the command's parser is
-    (``fit``/``validate``/``predict`` choose classes from the config; ``test`` has fixed ones)."""
+    (``fit``/``validate``/``predict`` choose classes from the config; ``test`` has fixed ones), and
+    ``--calibration`` is ``--method``'s older name."""
     if command not in EVALUATION_COMMANDS:
         args = _nested_nulls(args)
         return [("--ckpt_path" + arg[len("--ckpt"):]) if arg.partition("=")[0] == "--ckpt" else arg for arg in args]
+    renamed = {"--ckpt_path": "--ckpt", "--calibration": "--method"}
     out = []
     for arg in args:
         arg = arg.replace("--data.init_args.", "--data.", 1).replace("--model.init_args.", "--model.", 1)
-        out.append(("--ckpt" + arg[len("--ckpt_path"):]) if arg.partition("=")[0] == "--ckpt_path" else arg)
+        flag, eq, value = arg.partition("=")
+        out.append(renamed.get(flag, flag) + eq + value)
     return out
 
 
@@ -303,11 +331,11 @@ def _nested_nulls(args: list[str]) -> list[str]:
 
 def repeatable_ckpt(args: list[str]) -> list[str]:
     """``--ckpt a --ckpt b`` -> ``--ckpt+ a --ckpt+ b`` (jsonargparse's list-append syntax), the same
-    for ``--calibration``; ``--strengths 0,0.5`` -> ``--strengths [0,0.5]``; in :func:`one_dialect`."""
+    for ``--method``; ``--strengths 0,0.5`` -> ``--strengths [0,0.5]``; in :func:`one_dialect`."""
     out = []
     for arg in one_dialect(args, "test"):
         flag, eq, value = arg.partition("=")
-        if flag in ("--ckpt", "--calibration"):
+        if flag in ("--ckpt", "--method"):
             out.append(f"{flag}+{eq}{value}")
         elif flag == "--strengths" and eq and not value.startswith("["):
             out.append(f"--strengths=[{value}]")

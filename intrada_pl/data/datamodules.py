@@ -7,13 +7,14 @@ YAML without touching this file.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from intrada_pl.data.datasets import SegmentationDataset, build_dataset, read_index_png, resize_nearest
@@ -273,6 +274,59 @@ class PseudoLabelledDataset(Dataset):
             label = resize_nearest(label, image.shape[:2])
         out = self.transform(image=image, mask=label)
         return {"image": out["image"], "label": out["mask"], "name": name}
+
+
+@dataclass(frozen=True)
+class TargetImages:
+    """Images of a target without labels, in a fixed order (a network's statistics are estimated
+    on them): the ``loader`` and what it holds, the data ``settings`` (a TargetDataModule's) and
+    the image ``names``, which identify the result, e.g. for a cache."""
+
+    loader: DataLoader
+    settings: dict[str, Any]
+    names: list[str]
+
+
+class EvaluationDataModule(TargetDataModule):
+    """The target split(s) of ``intrada test``: the TargetDataModule settings, or, with ``targets``,
+    several named targets, each a dict overriding those settings (one test dataloader each)::
+
+        data:
+          size: [1024, 512]
+          targets:
+            cityscapes: {dataset: cityscapes, root: data/Cityscapes}
+            acdc_fog: {dataset: acdc, root: data/ACDC, options: {condition: fog}}
+    """
+
+    def __init__(self, targets: dict[str, dict[str, Any]] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.base_settings = kwargs
+        self.targets = targets or {self.hparams.dataset: {}}
+
+    def setup(self, stage: str) -> None:
+        self.parts = {name: TargetDataModule(**self._settings(name)) for name in self.targets}
+        for part in self.parts.values():
+            part.setup(stage)
+
+    def _settings(self, target: str, **overrides: Any) -> dict[str, Any]:
+        return {**self.base_settings, **self.targets[target], **overrides}
+
+    @property
+    def target_names(self) -> list[str]:
+        return list(self.targets)
+
+    def test_dataloader(self) -> list:
+        return [part.test_dataloader() for part in self.parts.values()]
+
+    def adabn_images(self, target: str, split: str, max_images: int | None, batch_size: int) -> TargetImages:
+        """What AdaBN re-estimates ``target``'s BatchNorm statistics on: its ``split`` images
+        (labels unread) prepared as for the test, the first ``max_images`` (None: all), in
+        dataset order, in batches of ``batch_size``."""
+        data = TargetDataModule(**self._settings(target, split=split, with_labels=False, batch_size=batch_size))
+        data.setup("test")
+        names = data.dataset.names[:max_images]
+        loader = make_loader(Subset(data.dataset, range(len(names))), batch_size, data.hparams.num_workers, train=False)
+        return TargetImages(loader, dict(data.hparams), names)
 
 
 class SplitDataModule(AdaptationDataModule):

@@ -3,7 +3,8 @@
 The standard baseline beside per-image BN-adapt: one pass over the target's (unlabelled) training
 split with every BN in train mode and ``momentum=None``, so that PyTorch keeps the cumulative
 average of the per-batch means and unbiased variances, no gradient, at the test resolution. The
-result depends only on the checkpoint and the images, and a pass over Cityscapes train (2975
+images come from the data module (:meth:`~intrada_pl.data.datamodules.EvaluationDataModule.adabn_images`).
+The result depends only on the checkpoint and the images, and a pass over Cityscapes train (2975
 images) costs minutes, so it is cached in ``cache_dir`` (``adabn_<hash>.pt``), keyed by the
 checkpoint's content hash, the target data settings, the image list and the batch size.
 """
@@ -21,15 +22,14 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
-from torch.utils.data import Subset
 
-from intrada_pl.data.datamodules import TargetDataModule, make_loader
-from intrada_pl.errors import ConfigValueError
+from intrada_pl.data.datamodules import TargetImages
 from intrada_pl.io import atomic_path
-from intrada_pl.stages.tta import restore_batchnorm
+from intrada_pl.tta.layers import restore_batchnorm
 
 CACHE_VERSION = 1  # bump when the estimation changes, so old cache files are not reused
 DEFAULT_CACHE = "runs/cache/adabn"
+Statistics = Mapping[str, Mapping[str, Tensor]]  # BN layer name -> {"mean", "var"}
 
 
 def estimate_statistics(model: nn.Module, images: Iterable[Tensor], device: torch.device | str = "cpu") -> dict[str, dict[str, Tensor]]:
@@ -67,37 +67,25 @@ def file_digest(path: str | Path) -> str:
 def target_statistics(
     model: nn.Module,
     checkpoint: str | Path,
-    settings: Mapping[str, Any],
+    images: TargetImages,
     *,
-    split: str = "train",
-    max_images: int | None = None,
-    batch_size: int = 8,
     cache_dir: str | Path | None = DEFAULT_CACHE,
     recompute: bool = False,
     device: torch.device | str = "cpu",
 ) -> dict[str, dict[str, Tensor]]:
-    """AdaBN statistics of ``model`` (loaded from ``checkpoint``) on the target described by
-    ``settings`` (a :class:`TargetDataModule`'s arguments: dataset, root, size, options, ...) with
-    its split replaced by ``split``, the first ``max_images`` images (None: all) in batches of
-    ``batch_size``. Read from ``cache_dir`` when computed before (None: no cache); ``recompute``
-    computes them anyway and refreshes the cache."""
-    if batch_size < 1 or (max_images is not None and max_images < 1):
-        raise ConfigValueError(
-            f"AdaBN needs --model.adabn_batch_size >= 1 and --model.adabn_max_images >= 1 (or null), got {batch_size} and {max_images}")
-    data = TargetDataModule(**{**settings, "split": split, "with_labels": False, "batch_size": batch_size})
-    data.setup("test")
-    names = data.dataset.names[:max_images]
-    key = _cache_key(checkpoint, data.hparams, names, batch_size)
+    """AdaBN statistics of ``model`` (loaded from ``checkpoint``) on the target ``images``. Read
+    from ``cache_dir`` when computed before (None: no cache); ``recompute`` computes them anyway
+    and refreshes the cache."""
+    key = _cache_key(checkpoint, images)
     path = Path(cache_dir) / f"adabn_{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]}.pt" if cache_dir else None
-    where = f"{data.hparams.dataset} {split} ({len(names)} images)"
+    where = f"{images.settings['dataset']} {images.settings['split']} ({len(images.names)} images)"
     if path is not None and path.is_file() and not recompute:
         cached = torch.load(path, map_location="cpu", weights_only=True)
         if cached.get("key") == key:
             rank_zero_info(f"AdaBN statistics of {checkpoint} on {where} read from {path}")
             return cached["statistics"]
     start = time.perf_counter()
-    loader = make_loader(Subset(data.dataset, range(len(names))), batch_size, data.hparams.num_workers, train=False)
-    statistics = estimate_statistics(model, (batch["image"] for batch in loader), device)
+    statistics = estimate_statistics(model, (batch["image"] for batch in images.loader), device)
     note = f"AdaBN statistics of {checkpoint} on {where} estimated in {time.perf_counter() - start:.1f} s"
     if path is not None:
         with atomic_path(path) as tmp:
@@ -107,8 +95,9 @@ def target_statistics(
     return statistics
 
 
-def _cache_key(checkpoint: str | Path, hp: Mapping[str, Any], names: list[str], batch_size: int) -> dict[str, Any]:
+def _cache_key(checkpoint: str | Path, images: TargetImages) -> dict[str, Any]:
     """Everything the statistics depend on, as JSON-normal data (what the cache file must match)."""
+    hp = images.settings
     key = {
         "version": CACHE_VERSION,
         "checkpoint_sha256": file_digest(checkpoint),
@@ -119,8 +108,8 @@ def _cache_key(checkpoint: str | Path, hp: Mapping[str, Any], names: list[str], 
         "options": hp.get("options") or {},
         "size": hp.get("size"),
         "resize": hp.get("resize"),
-        "images": len(names),
-        "names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(),
-        "batch_size": batch_size,
+        "images": len(images.names),
+        "names_sha256": hashlib.sha256("\n".join(images.names).encode()).hexdigest(),
+        "batch_size": images.loader.batch_size,
     }
     return json.loads(json.dumps(key, sort_keys=True, default=str))
