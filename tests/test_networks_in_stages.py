@@ -177,3 +177,26 @@ def test_channel_calibration_learns_strengths_on_mit_and_the_checkpoint_rebuilds
     assert any(name.endswith("chancal_out") for name in sites)  # after the encoder's LayerNorms
     strengths = [p for name, p in model.named_parameters() if "chancal" in name]
     assert strengths and any(not torch.allclose(p, torch.full_like(p, 0.1)) for p in strengths)  # trained away from the init
+
+
+def test_channel_calibration_methods_at_test_time(source_only, toy_root, tmp_path):
+    """intrada test --method chancal_u / chancal_manual@M / test_stats / tent_ln on a chancal_u
+    checkpoint, beside none and bn_adapt; chancal_manual@0 is exactly none."""
+    network, ckpt = source_only
+    calib = fit_config(toy_root, tmp_path / "calib", stage="intrada_pl.stages.calibration.CalibrationModule")
+    calib["model"]["init_args"] = stage_args(init_ckpt=str(ckpt), calibration="chancal_u", augmentations=["randaugment"], source_images=4)
+    calib["trainer"].update(max_steps=2, val_check_interval=2)
+    main(["fit", "--config", write_yaml(tmp_path / "calib.yaml", calib)])
+    methods = ["none", "chancal_u", "chancal_manual@0", "chancal_manual@0.5", "test_stats", "tent_ln", "bn_adapt"]
+    out = tmp_path / "test"
+    main(["test", "--config", write_yaml(tmp_path / "test.yaml", eval_config(toy_root)), "--ckpt", str(tmp_path / "calib" / "checkpoints" / "last.ckpt"),
+          *(arg for m in methods for arg in ("--method", m)), "--output", str(out)])
+    results = json.loads((out / "metrics.json").read_text())["results"]["cityscapes"]
+    assert list(results) == methods and all(0 <= r["mIoU"] <= 100 for r in results.values())
+    assert results["chancal_manual@0"]["IoU"] == results["none"]["IoU"] and results["chancal_manual@0"]["ECE"] == results["none"]["ECE"]
+
+
+def test_channel_methods_need_a_channel_calibration_checkpoint(source_only, toy_root, tmp_path):
+    network, ckpt = source_only
+    with pytest.raises(ValueError, match="test_stats needs a checkpoint calibrated with chancal_u"):
+        main(["test", "--config", write_yaml(tmp_path / "test.yaml", eval_config(toy_root)), "--ckpt", str(ckpt), "--method", "test_stats"])

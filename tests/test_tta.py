@@ -47,11 +47,14 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_method_names_parse():
-    assert MethodSpec.parse("manual@0.30") == MethodSpec("manual@0.3", "manual", 0.3, False)
+    assert MethodSpec.parse("manual@0.30") == MethodSpec("manual@0.3", "manual", 0.3, "")
     assert MethodSpec.parse("manual", default_strength=0.2).name == "manual@0.2"
-    assert MethodSpec.parse("tent") == MethodSpec("tent", "none", None, True)
-    assert MethodSpec.parse("instcal_c+tent") == MethodSpec("instcal_c+tent", "instcal_c", None, True)
-    for bad in ("tent@0.1", "manual@2", "instcal"):
+    assert MethodSpec.parse("tent") == MethodSpec("tent", "none", None, "tent")
+    assert MethodSpec.parse("instcal_c+tent") == MethodSpec("instcal_c+tent", "instcal_c", None, "tent")
+    assert MethodSpec.parse("chancal_manual@0.5") == MethodSpec("chancal_manual@0.5", "chancal_manual", 0.5, "")
+    assert MethodSpec.parse("tent_ln") == MethodSpec("tent_ln", "none", None, "tent_ln")
+    assert MethodSpec.parse("test_stats[stage1]").layers == ("stage1",)
+    for bad in ("tent@0.1", "manual@2", "instcal", "chancal_u@0.3", "chancal_manual@1.5"):
         with pytest.raises(ValueError):
             MethodSpec.parse(bad)
 

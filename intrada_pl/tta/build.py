@@ -14,13 +14,14 @@ from torch import nn
 
 from intrada_pl.errors import ConfigValueError
 from intrada_pl.models.bn_calibration import LEARNED_MODES, convert_batchnorm, set_calibration_mode
+from intrada_pl.models.channel_calibration import configure_tent_ln, select_sites
 from intrada_pl.models.factory import SegmenterInfo
 from intrada_pl.models.segmenter import Segmenter
 from intrada_pl.tta.adabn import AdaBN
 from intrada_pl.tta.layers import restore_batchnorm, select_layers
-from intrada_pl.tta.spec import MethodSpec
+from intrada_pl.tta.spec import CHANNEL_METHODS, MethodSpec
 from intrada_pl.tta.switch import CalibrationSwitch
-from intrada_pl.tta.tent import Tent
+from intrada_pl.tta.tent import Tent, configure_tent
 
 
 def build_test_methods(
@@ -37,18 +38,20 @@ def build_test_methods(
     before the first image."""
     learned = info.calibration
     for method in methods:
-        if method.calibration in LEARNED_MODES and method.calibration != learned:
+        needed = _needed_calibration(method.calibration, learned)
+        if needed is not None:
             have = f"calibrated with {learned}" if learned else "not calibrated"
             raise ConfigValueError(
-                f"{method.name} needs a checkpoint calibrated with {method.calibration}, but {info.path} is {have}; "
-                f"train one with: intrada fit --config configs/calib_gta5{'_c' if method.calibration == 'instcal_c' else ''}.yaml "
-                f"--model.init_ckpt {info.path}"
+                f"{method.name} needs a checkpoint calibrated with {needed}, but {info.path} is {have}; "
+                f"train one with: intrada fit --config configs/calib_gta5{'_c' if needed.endswith('_c') else ''}.yaml "
+                f"--model.init_ckpt {info.path}" + (" --model.calibration " + needed if needed.startswith("chancal") else "")
             )
     if learned is None:
         convert_batchnorm(model, "none")
     built: list[nn.Module] = []
     for method in methods:
-        layers = select_layers(model, method.layers) if method.layers else None
+        select = select_sites if method.calibration in CHANNEL_METHODS else select_layers
+        layers = select(model, method.layers) if method.layers else None
         if method.calibration == "adabn":
             built.append(AdaBN(model, layers))
             continue
@@ -60,5 +63,17 @@ def build_test_methods(
             restore_batchnorm(own)
         else:
             set_calibration_mode(own, method.calibration, layers=layers)  # type: ignore[arg-type]
-        built.append(Tent(own, lr=tent_lr, steps=tent_steps, episodic=tent_episodic))
+        configure = configure_tent_ln if method.tent == "tent_ln" else configure_tent
+        built.append(Tent(own, lr=tent_lr, steps=tent_steps, episodic=tent_episodic, configure=configure))
     return built
+
+
+def _needed_calibration(method: str, learned: str | None) -> str | None:
+    """The calibration checkpoint a method needs that ``learned`` is not, or None: InstCal's
+    learned strengths, channel calibration's learned strengths, or (manual and image-statistics
+    channel methods) any channel calibration checkpoint, which holds the source moments."""
+    if method in LEARNED_MODES or method in ("chancal_u", "chancal_c"):
+        return None if method == learned else method
+    if method in CHANNEL_METHODS:
+        return None if learned in ("chancal_u", "chancal_c") else "chancal_u"
+    return None

@@ -12,7 +12,13 @@ A method is named by a string (REFERENCE B3, B5.1):
   (needs its checkpoint);
 - ``tent``: TENT (Wang et al. 2021) on the plain model: BN in batch-statistics mode, entropy
   minimisation on the BN affine parameters only;
-- ``instcal_u+tent`` / ``instcal_c+tent``: InstCal normalisation, then TENT steps on gamma/beta.
+- ``instcal_u+tent`` / ``instcal_c+tent``: InstCal normalisation, then TENT steps on gamma/beta;
+- ``chancal_u`` / ``chancal_c``: channel calibration (:mod:`intrada_pl.models.channel_calibration`:
+  InstCal's rule at LayerNorm outputs, block entries, stage outputs and BatchNorms) with the
+  strengths a ``chancal_u`` / ``chancal_c`` calibration checkpoint learned;
+- ``chancal_manual@M`` / ``test_stats``: the same sites with one strength M / with each image's own
+  moments (m = 1), on a channel calibration checkpoint (it holds the source moments);
+- ``tent_ln``: TENT on the LayerNorm / GroupNorm affine parameters (transformer segmenters).
 
 Any method but ``none`` and ``tent`` can be restricted to some BatchNorm layers with a suffix
 ``METHOD[TERM,...]``: a term is one of the segmenter's layer groups (``Segmenter.layer_groups()``,
@@ -38,18 +44,26 @@ TEST_METHODS: tuple[str, ...] = (
     "tent",
     "instcal_u+tent",
     "instcal_c+tent",
+    "chancal_u",
+    "chancal_c",
+    "chancal_manual",
+    "test_stats",
+    "tent_ln",
 )
+#: Methods on channel calibration sites (their layer selection names sites, not BatchNorms).
+CHANNEL_METHODS: tuple[str, ...] = ("chancal_u", "chancal_c", "chancal_manual", "test_stats")
+MANUAL_METHODS: tuple[str, ...] = ("manual", "chancal_manual")
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A parsed method name: the BN calibration mode, its manual strength, whether TENT follows,
-    and the layer selection terms it is restricted to (empty: every layer)."""
+    """A parsed method name: the calibration mode, its manual strength, which TENT follows (if
+    any), and the layer selection terms it is restricted to (empty: every layer)."""
 
     name: str
     calibration: str
     strength: float | None = None
-    tent: bool = False
+    tent: str = ""  # "tent" (BN affine), "tent_ln" (LayerNorm / GroupNorm affine) or none
     layers: tuple[str, ...] = ()
 
     @classmethod
@@ -63,13 +77,13 @@ class MethodSpec:
         base, _, value = head.partition("@")
         if base not in TEST_METHODS:
             raise ConfigValueError(f"unknown test-time method {spec!r} (--method); choose from {', '.join(TEST_METHODS)} (manual@M for a strength, METHOD[GROUP,...] for some layers)")
-        if value and base != "manual":
-            raise ConfigValueError(f"only manual takes a strength ('manual@0.3'), got {spec!r} (--method)")
+        if value and base not in MANUAL_METHODS:
+            raise ConfigValueError(f"only manual and chancal_manual take a strength ('manual@0.3'), got {spec!r} (--method)")
         calibration, _, tent = base.partition("+")
-        if base == "tent":
-            calibration, tent = "none", "tent"
+        if base in ("tent", "tent_ln"):
+            calibration, tent = "none", base
         strength = None
-        if calibration == "manual":
+        if calibration in MANUAL_METHODS:
             where = f"--method {spec}" if value else f"--strength {default_strength}"
             try:
                 strength = float(value or default_strength)
@@ -79,7 +93,7 @@ class MethodSpec:
                 raise ConfigValueError(f"manual strength M must lie in [0, 1] (0: source statistics, 1: the image's), got {where}")
         if layers and calibration == "none":
             raise ConfigValueError(f"{base} has no BatchNorm calibration to restrict to layers ({spec!r}, --method)")
-        name = f"manual@{strength:g}" if strength is not None else base
+        name = f"{base}@{strength:g}" if strength is not None else base
         if layers:
             name += f"[{','.join(layers)}]"
-        return cls(name=name, calibration=calibration, strength=strength, tent=bool(tent), layers=layers)
+        return cls(name=name, calibration=calibration, strength=strength, tent=tent, layers=layers)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import copy
 
 import torch
@@ -64,14 +66,15 @@ class Tent(nn.Module):
     step leaves it and clones the input, so it works under ``inference_mode``, ``no_grad`` or neither.
     """
 
-    def __init__(self, model: nn.Module, lr: float = 1e-3, steps: int = 1, episodic: bool = False) -> None:
+    def __init__(self, model: nn.Module, lr: float = 1e-3, steps: int = 1, episodic: bool = False,
+                 configure: Callable[[nn.Module], list[nn.Parameter]] = configure_tent) -> None:
         super().__init__()
         if steps < 1:
             raise ConfigValueError(f"TENT needs at least one step, got {steps}")
         self.model = model
         self.steps = steps
         self.episodic = episodic
-        self.params = configure_tent(model)
+        self.params = configure(model)  # the normalisation parameters TENT adapts (BN's; LayerNorm's: tent_ln)
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
         self._initial_optimizer = copy.deepcopy(self.optimizer.state_dict())
         self._initial_params: list[Tensor] | None = None  # taken at the first call, on the run's device
