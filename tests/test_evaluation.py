@@ -118,3 +118,20 @@ def test_test_without_a_config_writes_into_its_run_folder_only(toy_root, checkpo
     run = tmp_path / "runs" / "test"
     assert _metrics(run / "a")["checkpoints"] == [str(checkpoints["a"])]
     assert (run / "logs" / "metrics.csv").is_file() and (run / "wandb").is_dir()
+
+
+def test_sliding_window_inference_with_a_window_as_large_as_the_image_is_whole_image(toy_root, tmp_path):
+    """--model.sliding_window: the same metrics as whole-image inference when one window covers the
+    image; smaller windows evaluate too."""
+    from intrada_pl.models import DeepLabV2
+
+    ckpt = tmp_path / "model.pth"
+    torch.manual_seed(0)
+    torch.save(DeepLabV2(19, depth=18).state_dict(), ckpt)
+    config = write_yaml(tmp_path / "test.yaml", eval_config(toy_root))
+    runs = {}
+    for name, extra in (("whole", []), ("one_window", ["--model.sliding_window", "[32, 64]"]), ("windows", ["--model.sliding_window", "[24, 24]"])):
+        main(["test", "--config", config, "--ckpt", str(ckpt), "--output", str(tmp_path / name), *extra])
+        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert runs["one_window"]["IoU"] == runs["whole"]["IoU"]
+    assert 0 <= runs["windows"]["mIoU"] <= 100

@@ -18,6 +18,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from intrada_pl.data.labels import IGNORE_INDEX
 from intrada_pl.errors import ConfigValueError
+from intrada_pl.inference import sliding_window_logits
 from intrada_pl.evaluation import EvaluationReport, EvaluationResults, PredictionWriter
 from intrada_pl.losses import upsample
 from intrada_pl.metrics import iou_report
@@ -146,6 +147,9 @@ class Evaluator(SegmentationEvalModule):
         adabn_batch_size: images per AdaBN forward pass.
         adabn_cache: folder caching AdaBN statistics per checkpoint and target (None: no cache).
         adabn_recompute: recompute and overwrite cached AdaBN statistics.
+        sliding_window: [H, W]: sliding-window inference (:func:`intrada_pl.inference.sliding_window_logits`)
+            with windows of this size every ``sliding_stride`` (default: two thirds of the window),
+            for networks trained on crops (the MiT recipe: 512x512); None: whole-image inference.
     """
 
     def __init__(
@@ -167,7 +171,11 @@ class Evaluator(SegmentationEvalModule):
         adabn_batch_size: int = 8,
         adabn_cache: str | None = DEFAULT_CACHE,
         adabn_recompute: bool = False,
+        sliding_window: tuple[int, int] | None = None,
+        sliding_stride: tuple[int, int] | None = None,
     ) -> None:
+        if sliding_window is not None and (min(sliding_window) < 1 or (sliding_stride is not None and min(sliding_stride) < 1)):
+            raise ConfigValueError(f"--model.sliding_window and --model.sliding_stride take positive [H, W], got {sliding_window} and {sliding_stride}")
         if not checkpoints:
             raise ConfigValueError("no checkpoint to evaluate: pass --ckpt PATH (repeat it for an ensemble)")
         specs = [MethodSpec.parse(spec, strength) for spec in (methods or ["none"])]
@@ -210,7 +218,15 @@ class Evaluator(SegmentationEvalModule):
     def run_method(self, index: int, images: Tensor) -> Tensor:
         # Bilinear upsampling is linear, so averaging on the logit grid equals averaging the
         # upsampled logits (the reference's order) at a fraction of the cost.
-        return torch.stack([model(images)[1] for model in self.segmenters[index]]).mean(0)
+        return torch.stack([self._logits(model, images) for model in self.segmenters[index]]).mean(0)
+
+    def _logits(self, model: nn.Module, images: Tensor) -> Tensor:
+        """Main-head logits of one method's model: of the whole image, or by sliding windows."""
+        window = self.hparams.sliding_window
+        if window is None:
+            return model(images)[1]
+        stride = self.hparams.sliding_stride or tuple(max(1, 2 * w // 3) for w in window)
+        return sliding_window_logits(lambda crop: model(crop)[1], images, tuple(window), tuple(stride))
 
     def segment(self, images: Tensor) -> Tensor:
         """The first method (what ``validate`` / ``predict`` use)."""
