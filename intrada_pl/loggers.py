@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from intrada_pl.errors import ConfigValueError
 from intrada_pl.io import atomic_path
 from intrada_pl.runs import folder_run_id
 
@@ -75,6 +76,15 @@ class OnFirstUse:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._open_run(), name)
+
+
+def check_wandb_login(logger_classes: list[str]) -> None:
+    """``WANDB_MODE=online`` with a W&B logger among ``logger_classes`` (class paths) but no login:
+    refused before anything starts (W&B would fail on the first log, deep inside the run)."""
+    if os.environ.get("WANDB_MODE") == "online" and any(c.endswith("WandbLogger") for c in logger_classes) and not wandb_logged_in():
+        raise ConfigValueError(
+            "WANDB_MODE=online but no W&B login was found (WANDB_API_KEY or ~/.netrc): run `wandb login`, "
+            "or unset WANDB_MODE to log offline (upload later with `wandb sync`)")
 
 
 class WandbLogger(LightningWandbLogger, IterationSteps):

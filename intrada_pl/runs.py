@@ -44,6 +44,19 @@ def yaml_kind(value: Any) -> str:
     return "a list" if isinstance(value, list) else "a mapping" if isinstance(value, dict) else f"a {type(value).__name__}"
 
 
+def logger_classes(trainer: Any) -> list[str]:
+    """The class paths of a parsed ``trainer`` config's loggers."""
+    return [str(entry.get("class_path", "")) for entry in _entries(trainer.get("logger")) if hasattr(entry, "get")]
+
+
+def check_trainer_settings(trainer: Any) -> None:
+    """Trainer settings Lightning would fail on deep inside (a ``ZeroDivisionError`` for a zero
+    validation interval): one line naming the option."""
+    interval = trainer.get("val_check_interval")
+    if interval is not None and interval <= 0:
+        raise ConfigValueError(f"--trainer.val_check_interval must be positive (iterations, or a fraction of an epoch), got {interval}")
+
+
 def run_folder(trainer: Any) -> str:
     """The run folder of a parsed ``trainer`` config (Lightning's default: the working directory)."""
     return trainer.get("default_root_dir") or os.getcwd()

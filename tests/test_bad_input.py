@@ -309,6 +309,22 @@ def calibration_checkpoint_as_init_ckpt(c: Case):
     return ["fit", "--config", write_yaml(c.tmp / "calib.yaml", config)], [f"init_ckpt {path} is already calibrated (instcal_u)"]
 
 
+def zero_batch_size(c: Case):
+    return c.fit("--data.init_args.batch_size", "0"), ["batch_size must be at least 1, got 0"]
+
+
+def negative_num_workers(c: Case):
+    return c.fit("--data.init_args.num_workers", "-1"), ["num_workers must be 0 (load in the main process) or more, got -1"]
+
+
+def zero_image_size(c: Case):
+    return c.fit("--data.init_args.source_size", "[0, 36]"), ["source_size", "positive [width, height]", "[0, 36]"]
+
+
+def zero_val_check_interval(c: Case):
+    return c.fit("--trainer.val_check_interval", "0"), ["val_check_interval"]
+
+
 CASES = [
     truncated_label, truncated_image, truncated_jpeg, zero_byte_image, non_utf8_image_name, non_utf8_image_name_to_rank,
     image_is_a_directory, image_is_a_dangling_symlink, image_is_a_symlink_loop, label_not_an_image, label_of_another_size, truncated_pseudo_label,
@@ -320,7 +336,7 @@ CASES = [
     missing_config, yaml_syntax_error, pipeline_yaml_syntax_error, unknown_resize, learning_rate_not_a_number, misspelt_option,
     dataset_root_is_a_file, empty_list_file, accelerator_not_available, nothing_to_resume,
     negative_learning_rate, zero_schedule_steps, directory_as_ckpt_path, non_finite_checkpoint_to_test, non_finite_checkpoint_to_rank,
-    calibration_checkpoint_as_init_ckpt,
+    calibration_checkpoint_as_init_ckpt, zero_batch_size, negative_num_workers, zero_image_size, zero_val_check_interval,
 ]
 
 
@@ -370,3 +386,15 @@ def test_console_script_reports_a_worker_error_as_its_original_message(case, toy
                           check=False, capture_output=True, text=True, env=env, timeout=300)
     line = error_line(done.returncode, done.stderr)
     assert fragments[0] in line and "DataLoader worker" not in done.stderr
+
+
+def test_wandb_online_without_a_login_is_one_line(toy_root, tmp_path, monkeypatch, capsys):
+    """WANDB_MODE=online with no API key and no ~/.netrc: one line saying how to log in, before any run starts."""
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    config = fit_config(toy_root, tmp_path / "run")
+    del config["trainer"]["logger"], config["trainer"]["callbacks"]  # the run's default loggers, W&B among them
+    line = error_line(*console(monkeypatch, capsys, ["fit", "--config", write_yaml(tmp_path / "fit.yaml", config)]))
+    assert "WANDB_MODE=online but no W&B login was found" in line and "wandb login" in line
+    assert not (tmp_path / "run" / "checkpoints").exists()

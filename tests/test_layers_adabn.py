@@ -200,6 +200,24 @@ def test_adabn_statistics_are_cached_per_checkpoint_and_target(toy_root, tmp_pat
     assert len(calls) == 4 and not torch.equal(other["bn1"]["mean"], cached["bn1"]["mean"])
 
 
+def test_a_corrupt_adabn_cache_file_is_named_and_recomputed(toy_root, tmp_path, monkeypatch):
+    calls = []
+    estimate = statistics.estimate_statistics
+    monkeypatch.setattr(statistics, "estimate_statistics", lambda *a, **k: calls.append(1) or estimate(*a, **k))
+    ckpt, cache = tmp_path / "m.pth", tmp_path / "cache"
+    torch.save(_segmenter().state_dict(), ckpt)
+    model = _segmenter()
+    convert_batchnorm(model, "none")
+    images = _train_images(toy_root, batch_size=4)
+    first = statistics.target_statistics(model, ckpt, images, cache_dir=cache)
+    (path,) = cache.glob("adabn_*.pt")
+    path.write_bytes(path.read_bytes()[:100])  # a truncated copy (a full disk, a killed job)
+    with pytest.warns(UserWarning, match=f"AdaBN cache {path} is unreadable"):
+        again = statistics.target_statistics(model, ckpt, images, cache_dir=cache)
+    assert len(calls) == 2 and torch.equal(again["bn1"]["mean"], first["bn1"]["mean"])
+    assert torch.load(path, weights_only=True)["statistics"]["bn1"]["mean"].equal(first["bn1"]["mean"])  # rewritten whole
+
+
 def test_calibrate_layers_writes_every_variant(toy_root, reference_pth, tmp_path, capsys):
     out = tmp_path / "layers"
     config = write_yaml(tmp_path / "t.yaml", eval_config(toy_root))

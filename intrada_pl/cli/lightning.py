@@ -24,11 +24,11 @@ from intrada_pl.checkpoint_io import AtomicCheckpointIO
 from intrada_pl.cli.report import fail
 from intrada_pl.data.datamodules import EvaluationDataModule
 from intrada_pl.errors import BadInputError
-from intrada_pl.loggers import RunRecord
+from intrada_pl.loggers import RunRecord, check_wandb_login
 from intrada_pl.models.factory import release_spec_and_state
 from intrada_pl.models.weights import CheckpointMismatchError, is_lightning_checkpoint, read_checkpoint
 from intrada_pl.progress import ConsoleProgressBar
-from intrada_pl.runs import default_callbacks, default_loggers, name_wandb_runs, place_loggers, resolve_resume
+from intrada_pl.runs import check_trainer_settings, default_callbacks, default_loggers, logger_classes, name_wandb_runs, place_loggers, resolve_resume
 from intrada_pl.stages.evaluation import Evaluator
 from intrada_pl.stages.hparams import differences, upgrade_hparams
 from intrada_pl.stages.segmentation import SegmentationEvalModule
@@ -169,6 +169,8 @@ class TrainingCLI(NamedCommandCLI):
         command = self.config.get("subcommand")
         if command:  # the run folder (intrada_pl.runs): loggers' save_dir and W&B name, --ckpt_path last / last_if_present
             config = self.config[command]
+            check_trainer_settings(config.trainer)
+            check_wandb_login(logger_classes(config.trainer))
             place_loggers(config.trainer)
             name_wandb_runs(config.trainer)
             config.ckpt_path = resolve_resume(config.get("ckpt_path"), config.trainer)
@@ -287,6 +289,7 @@ class EvaluationCLI(NamedCommandCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         super().parse_arguments(parser, args)
+        check_wandb_login(logger_classes(self.config.test.trainer))
         place_loggers(self.config.test.trainer)
         name_wandb_runs(self.config.test.trainer)
 

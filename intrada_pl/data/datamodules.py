@@ -7,6 +7,7 @@ YAML without touching this file.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,20 @@ from intrada_pl.errors import ConfigValueError
 #: the top; with workers: in the main process's snapshot).
 SAMPLER_KEYS = ("_index_sampler_state", "_sampler_iter_state", "_sampler_iter_yielded", "_IterableDataset_len_called", "_shared_seed")
 
+
+
+def check_loader_settings(owner: str, settings: Mapping[str, Any]) -> None:
+    """Image sizes, batch sizes and worker counts a data module's loaders can use: refused here in
+    one line naming the option, rather than deep inside PyTorch or OpenCV (``height and width
+    must be > 0``, with no option named)."""
+    for key, value in settings.items():
+        if (key == "size" or key.endswith("_size")) and not key.endswith("batch_size") and value is not None:
+            if len(value) != 2 or min(value) < 1:
+                raise ConfigValueError(f"{owner} {key} must be a positive [width, height], got {list(value)}")
+        elif key.endswith("batch_size") and value is not None and value < 1:
+            raise ConfigValueError(f"{owner} {key} must be at least 1, got {value}")
+        elif key == "num_workers" and value < 0:
+            raise ConfigValueError(f"{owner} num_workers must be 0 (load in the main process) or more, got {value}")
 
 class ResumableDataLoader(StatefulDataLoader):
     """torchdata's StatefulDataLoader, resuming a state saved with another ``num_workers`` too.
@@ -115,6 +130,7 @@ class AdaptationDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_loader_settings(type(self).__name__, self.hparams)
         self.target_set: Dataset | None = None
 
     def train_transform(self, size: Size | None) -> SegmentationTransform:
@@ -214,6 +230,7 @@ class TargetDataModule(L.LightningDataModule):
         if with_labels not in (True, False, "auto", None):
             raise ConfigValueError(f"TargetDataModule with_labels must be true, false, auto or null, got {with_labels!r}")
         self.save_hyperparameters()
+        check_loader_settings(type(self).__name__, self.hparams)
 
     def setup(self, stage: str) -> None:
         hp = self.hparams

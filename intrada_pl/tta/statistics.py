@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from intrada_pl.data.datamodules import TargetImages
@@ -80,8 +80,8 @@ def target_statistics(
     path = Path(cache_dir) / f"adabn_{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]}.pt" if cache_dir else None
     where = f"{images.settings['dataset']} {images.settings['split']} ({len(images.names)} images)"
     if path is not None and path.is_file() and not recompute:
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-        if cached.get("key") == key:
+        cached = _read_cache(path)
+        if cached is not None and cached.get("key") == key:
             rank_zero_info(f"AdaBN statistics of {checkpoint} on {where} read from {path}")
             return cached["statistics"]
     start = time.perf_counter()
@@ -93,6 +93,20 @@ def target_statistics(
         note += f", cached in {path}"
     rank_zero_info(note)
     return statistics
+
+
+def _read_cache(path: Path) -> dict | None:
+    """A cache file's content, or None (with a warning naming it) when it cannot be read: a cache
+    is only a copy, so a truncated or corrupt one is recomputed and overwritten, not fatal."""
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # whatever the unpickler trips over, the copy is unusable
+        rank_zero_warn(f"AdaBN cache {path} is unreadable ({type(error).__name__}); recomputing it")
+        return None
+    if not isinstance(cached, dict) or "statistics" not in cached:
+        rank_zero_warn(f"AdaBN cache {path} holds no statistics; recomputing it")
+        return None
+    return cached
 
 
 def _cache_key(checkpoint: str | Path, images: TargetImages) -> dict[str, Any]:
