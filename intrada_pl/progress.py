@@ -1,4 +1,4 @@
-"""The console of ``intrada fit / validate / predict``: progress in iterations with an ETA and the
+"""The console of ``intrada fit / validate / predict / test``: progress in iterations with an ETA and the
 main losses, and after every validation the per-class IoU table, the mIoU and the best so far.
 
 On a terminal this is a tqdm bar; without one (SLURM logs, ``| tee``) a bar would fill the log
@@ -149,7 +149,7 @@ class ConsoleProgressBar(TQDMProgressBar):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = state_dict.get("best")
 
-    # --- standalone validate / predict in plain mode: one line every few batches -----------------
+    # --- standalone validate / predict / test in plain mode: one line every few batches ----------
     def on_validation_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         super().on_validation_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
         self._start_batches(trainer, batch_idx, self.total_val_batches_current_dataloader)
@@ -165,6 +165,14 @@ class ConsoleProgressBar(TQDMProgressBar):
     def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
         self._batch_line(trainer, "predict batch", batch_idx)
+
+    def on_test_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        super().on_test_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
+        self._start_batches(trainer, batch_idx, self.total_test_batches_current_dataloader)
+
+    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+        self._batch_line(trainer, "test batch", batch_idx)
 
     def _start_batches(self, trainer: Trainer, batch_idx: int, total: float) -> None:
         if batch_idx == 0 and trainer.state.fn != "fit":  # in fit, the iteration lines and the results say enough

@@ -106,3 +106,20 @@ def test_plain_lines_for_predict_batches(capsys):
 def test_print_every_n_steps_must_be_positive():
     with pytest.raises(ValueError, match="print_every_n_steps"):
         ConsoleProgressBar(print_every_n_steps=0)
+
+
+def test_intrada_test_prints_plain_lines_without_a_terminal(toy_root, tmp_path, capsys):
+    """intrada test in a job's log (no terminal): plain progress lines, no carriage returns, and the
+    AdaBN message on a line of its own."""
+    from helpers import eval_config, write_yaml, trained_segmenter
+    from intrada_pl.cli import main
+
+    ckpt = tmp_path / "m.pth"
+    torch.save(trained_segmenter().state_dict(), ckpt)
+    config = eval_config(toy_root)
+    config["trainer"].pop("enable_progress_bar")
+    main(["test", "--config", write_yaml(tmp_path / "t.yaml", config), "--ckpt", str(ckpt), "--method", "adabn",
+          "--model.adabn_cache", "null", "--output", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert "\r" not in captured.out + captured.err
+    assert re.search(r"^test batch 4/4 ", captured.out, re.MULTILINE)

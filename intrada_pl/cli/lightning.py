@@ -121,6 +121,14 @@ class NamedCommandCLI(LightningCLI):
         for name, subcommand_parser in self._subcommand_parsers.items():
             subcommand_parser.prog = self.prog or f"intrada {name}"
 
+    def with_console(self, callbacks: list) -> list:
+        """``callbacks`` and :class:`ConsoleProgressBar` (plain lines without a terminal: no carriage
+        returns in a job's log) unless the config names a progress bar or disables it."""
+        config = self._get(self.config_init, "trainer", default={})
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            return [*callbacks, ConsoleProgressBar()]
+        return callbacks
+
 
 class TrainingCLI(NamedCommandCLI):
     """fit / validate / predict over any stage (``test`` has its own CLI, see :class:`EvaluationCLI`).
@@ -234,10 +242,7 @@ class TrainingCLI(NamedCommandCLI):
         config = self._get(self.config_init, "trainer", default={})
         callbacks = config.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-        callbacks = [c for c in callbacks if not isinstance(c, switched_off(config))]
-        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            callbacks = [*callbacks, ConsoleProgressBar()]
-        kwargs["callbacks"] = callbacks
+        kwargs["callbacks"] = self.with_console([c for c in callbacks if not isinstance(c, switched_off(config))])
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
@@ -292,6 +297,12 @@ class EvaluationCLI(NamedCommandCLI):
         check_wandb_login(logger_classes(self.config.test.trainer))
         place_loggers(self.config.test.trainer)
         name_wandb_runs(self.config.test.trainer)
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """Lightning's Trainer with the console of :class:`ConsoleProgressBar`."""
+        callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        kwargs["callbacks"] = self.with_console(callbacks if isinstance(callbacks, list) else [callbacks])
+        return super().instantiate_trainer(**kwargs)
 
 
 def one_dialect(args: list[str], command: str) -> list[str]:
