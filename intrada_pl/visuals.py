@@ -18,6 +18,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
+from torch import Tensor
 
 from intrada_pl.data.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE, colorize
 from intrada_pl.io import atomic_path
@@ -289,3 +290,30 @@ def write_figure(path: str | Path, fig: Figure) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return Path(path)
+
+
+def strength_figure(strengths: Mapping[str, Mapping[str, Tensor]], title: str | None = None) -> Figure:
+    """Per-layer channel mean +- std of the calibration strengths (mean and variance) against the
+    layer names (:func:`intrada_pl.models.bn_calibration.learned_strengths`)."""
+    if not strengths:
+        raise ValueError("no strengths to plot")
+    names = list(strengths)
+    xs = list(range(len(names)))
+    fig = Figure(figsize=(max(6.0, 0.12 * len(names) + 3.0), 5.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for key, color in (("mean", "tab:blue"), ("var", "tab:orange")):
+        stacked = [strengths[n][key].detach().float().cpu() for n in names]
+        mu = [float(s.mean()) for s in stacked]
+        sd = [float(s.std(correction=0)) if s.numel() > 1 else 0.0 for s in stacked]
+        ax.plot(xs, mu, marker="o", markersize=3, color=color, label=f"{key} strength")
+        ax.fill_between(xs, [a - b for a, b in zip(mu, sd)], [a + b for a, b in zip(mu, sd)], color=color, alpha=0.25)
+    ax.set_xticks(xs, names, rotation=90, fontsize=6)  # the calibration layers' module names, in model order
+    ax.set_xlabel("calibrated layer")
+    ax.set_ylabel("strength m (0 = source BN, 1 = instance stats)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best")
+    ax.set_title(title or f"Calibration strengths over {len(names)} layers (channel mean ± std)")
+    fig.tight_layout()
+    return fig

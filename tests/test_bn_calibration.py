@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from intrada_pl.visuals import strength_figure, write_figure
 from intrada_pl.models.bn_calibration import (
     CALIBRATION_MODES,
     STRENGTH_EPS,
@@ -14,7 +15,6 @@ from intrada_pl.models.bn_calibration import (
     convert_batchnorm,
     freeze_all_but_calibration,
     learned_strengths,
-    plot_strengths,
     record_strengths,
     set_calibration_mode,
 )
@@ -264,7 +264,7 @@ def test_set_calibration_mode_and_strengths_plot(tmp_path):
     s = learned_strengths(net)
     assert list(s) == ["1", "5.1"] and s["1"]["mean"].shape == (8,)
     torch.testing.assert_close(s["1"]["mean"], torch.full((8,), 0.7))
-    out = plot_strengths(s, tmp_path / "plots" / "strengths.png")
+    out = write_figure(tmp_path / "plots" / "strengths.png", strength_figure(s))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in out.parent.iterdir()] == ["strengths.png"]  # no temp file left
     with pytest.raises(ValueError):

@@ -15,6 +15,7 @@ from torch import nn
 
 from helpers import trained_segmenter
 from intrada_pl.errors import ConfigValueError
+from intrada_pl.visuals import strength_figure, write_figure
 from intrada_pl.models.bn_calibration import (
     STRENGTH_EPS,
     CalibratedBatchNorm,
@@ -22,7 +23,6 @@ from intrada_pl.models.bn_calibration import (
     convert_batchnorm,
     freeze_all_but_calibration,
     learned_strengths,
-    plot_strengths,
     record_strengths,
 )
 from intrada_pl.models.channel_calibration import (
@@ -407,7 +407,7 @@ def test_strengths_recorded_and_plotted_for_every_site(segformer, tmp_path):
     assert list(per_layer) == list(calibration_sites(model))
     site = "encoder.model.stages.0.blocks.0.norm1.chancal_out"
     assert per_layer[site]["mean"].shape == (calibration_sites(model)[site].num_features,)
-    assert plot_strengths(per_layer, tmp_path / "strengths.png").read_bytes()[:4] == b"\x89PNG"
+    assert write_figure(tmp_path / "strengths.png", strength_figure(per_layer)).read_bytes()[:4] == b"\x89PNG"
 
 
 # ---------------------------------------------------------------------- TENT on LayerNorm

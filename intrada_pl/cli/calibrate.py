@@ -12,11 +12,12 @@ import numpy as np
 from intrada_pl.cli.lightning import EvaluationCLI, lightning_errors, one_dialect, repeatable_ckpt
 from intrada_pl.data.datamodules import EvaluationDataModule
 from intrada_pl.evaluation.report import percent_pair
-from intrada_pl.io import atomic_path, write_json
+from intrada_pl.io import write_json
 from intrada_pl.models.factory import load_segmenter
 from intrada_pl.stages.evaluation import Evaluator
 from intrada_pl.tables import text_table
 from intrada_pl.tta import MethodSpec, groups_with_batchnorm
+from intrada_pl.visuals import write_figure
 
 
 def strength_grid(results: dict[str, dict[str, dict]]) -> dict:
@@ -92,8 +93,7 @@ def plot_layer_study(study: dict, path: str | Path) -> Path:
             ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    write_figure(path, fig)
     return path
 
 

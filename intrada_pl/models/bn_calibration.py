@@ -25,18 +25,15 @@ helpers below (parameters, freezing, strength recording and plots) cover both ki
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from intrada_pl.io import atomic_path
 
 __all__ = [
     "CALIBRATION_MODES",
@@ -51,7 +48,6 @@ __all__ = [
     "instance_stats",
     "freeze_all_but_calibration",
     "learned_strengths",
-    "plot_strengths",
     "record_strengths",
     "set_calibration_mode",
 ]
@@ -599,41 +595,6 @@ def learned_strengths(model: nn.Module, from_last_forward: bool = False) -> dict
         else:
             out[name] = layer.strengths()
     return out
-
-
-def plot_strengths(
-    strengths: Mapping[str, Mapping[str, Tensor]], path: str | os.PathLike[str], title: str | None = None
-) -> Path:
-    """Write a PNG of per-layer channel mean +- std of the mean and variance strengths against
-    the layer names (input of :func:`learned_strengths`), atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend change
-    from matplotlib.figure import Figure
-
-    if not strengths:
-        raise ValueError("no strengths to plot")
-    path = Path(path)
-    names = list(strengths)
-    xs = list(range(len(names)))
-    fig = Figure(figsize=(max(6.0, 0.12 * len(names) + 3.0), 5.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for key, color in (("mean", "tab:blue"), ("var", "tab:orange")):
-        stacked = [strengths[n][key].detach().float().cpu() for n in names]
-        mu = [float(s.mean()) for s in stacked]
-        sd = [float(s.std(correction=0)) if s.numel() > 1 else 0.0 for s in stacked]
-        ax.plot(xs, mu, marker="o", markersize=3, color=color, label=f"{key} strength")
-        ax.fill_between(xs, [a - b for a, b in zip(mu, sd)], [a + b for a, b in zip(mu, sd)], color=color, alpha=0.25)
-    ax.set_xticks(xs, names, rotation=90, fontsize=6)  # the calibration layers' module names, in model order
-    ax.set_xlabel("calibrated layer")
-    ax.set_ylabel("strength m (0 = source BN, 1 = instance stats)")
-    ax.set_ylim(-0.05, 1.05)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="best")
-    ax.set_title(title or f"Calibration strengths over {len(names)} layers (channel mean ± std)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
 
 
 def strength_table(strengths: Mapping[str, Mapping[str, Tensor]]) -> list[list]:

@@ -34,7 +34,7 @@ loads into a freshly converted one. Every BatchNorm is converted, those outside 
 mode ``none`` (exactly eval-mode BN, also in train mode), so training the strengths never touches
 the source statistics. The model-level helpers of :mod:`~intrada_pl.models.bn_calibration`
 (``calibration_parameters``, ``freeze_all_but_calibration``, ``record_strengths``,
-``learned_strengths``, ``plot_strengths``) cover the sites too.
+``learned_strengths``) cover the sites too.
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ from intrada_pl.io import write_json
 from intrada_pl.models.bn_calibration import (
     freeze_all_but_calibration,
     learned_strengths,
-    plot_strengths,
     record_strengths,
     strength_table,
 )
@@ -42,6 +41,7 @@ from intrada_pl.models.factory import load_segmenter
 from intrada_pl.models.weights import CheckpointMismatchError
 from intrada_pl.optim import Adam, OptimizerFactory, Poly
 from intrada_pl.stages.segmentation import SegmentationModule
+from intrada_pl.visuals import strength_figure, write_figure
 
 
 class CalibrationModule(SegmentationModule):
@@ -177,7 +177,7 @@ class CalibrationModule(SegmentationModule):
         also go to the run's dashboards (figure and table)."""
         mode = self.hparams.calibration
         what = "validation-image average" if mode in ("instcal_c", "chancal_c") else "learned"
-        path = plot_strengths(strengths, run_dir / "strengths.png", title=f"{mode} {what} strengths, step {self.global_step}")
+        path = write_figure(run_dir / "strengths.png", strength_figure(strengths, title=f"{mode} {what} strengths, step {self.global_step}"))
         columns, rows = ["layer", "mean_m", "mean_m_std", "var_m", "var_m_std"], strength_table(strengths)
         write_json(run_dir / "strengths.json", {"step": self.global_step, "columns": columns, "rows": rows})
         dashboards = Dashboards.of(self.trainer)
