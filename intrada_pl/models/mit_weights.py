@@ -31,7 +31,6 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import safetensors.torch
 import torch
@@ -39,10 +38,9 @@ from timm.models import pvt_v2
 from torch import Tensor
 
 from intrada_pl.models.encoders import TimmEncoder, is_mit
+from intrada_pl.models.segmenter import Segmenter
 from intrada_pl.models.weights import CheckpointMismatchError, is_lightning_checkpoint, read_checkpoint, unwrap_state_dict
 
-if TYPE_CHECKING:  # type hints only: segformer.py imports this module
-    from intrada_pl.models.segformer import SegFormer
 
 #: ``mit_bX`` -> (stage-1 width, blocks per stage): how a file's encoder names its variant.
 MIT_SHAPES = {
@@ -391,7 +389,7 @@ def _drop_classifier(backbone: dict[str, Tensor], expected: Mapping[str, Tensor]
     return dropped
 
 
-def load_weights(model: SegFormer, path: str | Path, ema: bool = False) -> str:
+def load_weights(model: Segmenter, path: str | Path, ema: bool = False) -> str:
     """Initialise a :class:`~intrada_pl.models.segformer.SegFormer` from ``path``; return what was loaded.
 
     The encoder must match exactly (a partial or misshapen encoder is refused with one
@@ -418,7 +416,7 @@ def load_weights(model: SegFormer, path: str | Path, ema: bool = False) -> str:
             f"[{converted.layout}{'; ' + notes if notes else ''}]")
 
 
-def _load_decoder(model: SegFormer, converted: Converted, source: str) -> str:
+def _load_decoder(model: Segmenter, converted: Converted, source: str) -> str:
     """Load the file's head into the model's when it is of the same kind and shape; say what happened."""
     if converted.head is None:
         return "+ head random (the file has no head of ours)"
