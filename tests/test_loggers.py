@@ -1,27 +1,21 @@
-"""Nothing lost, nothing left behind: the CSV log across reruns and resumes, checkpoints written
-beside their target, and the ranking folder's swap under crashes."""
+"""The run's loggers (intrada_pl/loggers.py): a config that names no logger or checkpoint gets CSV and
+W&B in its run folder, with the resolved config, the git commit, the seed and the best mIoU; the CSV
+log keeps what it holds across reruns and resumes; one W&B run per run folder, opened only once the
+inputs are checked; one step axis everywhere."""
 
 from __future__ import annotations
 
 import csv
-import errno
 import os
-import resource
-import signal
-import subprocess
-import tempfile
+import re
 
 import pytest
 import torch
-from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
+import yaml
 
-from intrada_pl import io
 from intrada_pl.checkpoint_io import AtomicCheckpointIO
 from intrada_pl.cli import main
-from intrada_pl.cli.lightning import TrainingCLI
 from intrada_pl.loggers import CSVLogger
-from intrada_pl.data.ranking_manifest import atomic_dir
-from intrada_pl.stages.segmentation import SegmentationEvalModule
 from helpers import fit_config, write_yaml
 
 
@@ -35,33 +29,6 @@ def read_csv(path):
 def shape(rows):
     """What a row says, values aside: its step and its non-empty columns."""
     return [(int(row["step"]), sorted(key for key, value in row.items() if value)) for row in rows]
-
-
-@pytest.fixture
-def tmpdir_env(tmp_path, monkeypatch):
-    """The system temp folder, redirected to an empty folder of this test."""
-    folder = tmp_path / "systemp"
-    folder.mkdir()
-    monkeypatch.setenv("TMPDIR", str(folder))
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
-
-
-def dead_pid() -> int:
-    process = subprocess.Popen(["true"])
-    process.wait()
-    return process.pid
-
-
-def forked(child) -> int:
-    """Run ``child()`` in a forked process that dies without cleanup; return its wait status."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            child()
-        finally:
-            os._exit(0)
-    return os.waitpid(pid, 0)[1]
 
 
 # --- the CSV log ----------------------------------------------------------------------------
@@ -151,122 +118,83 @@ def test_fit_rerun_and_resume_keep_one_log_and_checkpoints_beside_their_target(t
     assert resumed[:before] == uninterrupted[:before]  # the rows before the checkpoint, untouched
 
 
-# --- checkpoints ----------------------------------------------------------------------------
+# --- W&B and the defaults ------------------------------------------------------------------
+def default_logging_config(toy_root, run_dir, **trainer) -> dict:
+    """fit_config with the run's default loggers and checkpoints."""
+    config = fit_config(toy_root, run_dir)
+    del config["trainer"]["logger"], config["trainer"]["callbacks"]
+    config["trainer"].update(trainer)
+    return config
 
 
-def test_a_checkpoint_io_plugin_given_by_the_user_is_kept(toy_root, tmp_path):
-    config = logged_fit_config(toy_root, tmp_path)
-    config["trainer"]["plugins"] = [{"class_path": "lightning.pytorch.plugins.io.AsyncCheckpointIO"}]
-    cli = TrainingCLI(SegmentationEvalModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
-                      args=["--config", write_yaml(tmp_path / "fit.yaml", config)])
-    assert type(cli.trainer.strategy.checkpoint_io) is AsyncCheckpointIO
-    assert cli.trainer.logger in cli.trainer.callbacks  # the CSVLogger's resume hook
+def test_a_config_without_loggers_gets_csv_and_wandb_with_the_run_record(toy_root, tmp_path, offline_wandb):
+    run_dir = tmp_path / "run"
+    config = default_logging_config(toy_root, run_dir, max_steps=2, val_check_interval=2, log_every_n_steps=1)
+    main(["fit", "--config", write_yaml(tmp_path / "fit.yaml", config)])
+
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} >= {"best-step=2.ckpt", "last.ckpt"}
+    metrics = (run_dir / "logs" / "metrics.csv").read_text()
+    assert "train/loss_seg_main" in metrics and "val/mIoU" in metrics
+    hparams = yaml.safe_load((run_dir / "logs" / "hparams.yaml").read_text())
+    assert hparams["seed"] == 0 and "git_commit" in hparams
+    assert (run_dir / "logs" / "config.yaml").is_file()
+
+    run = next((run_dir / "wandb").glob("offline-run-*"))
+    records = next(run.glob("run-*.wandb")).read_bytes()
+    for key in ("train/loss_seg_main", "val/mIoU", "val/IoU/road", "val/panels", "lr-SGD041/heads", "git_commit", "seed", "max_steps"):
+        assert key.encode() in records, key
 
 
-@pytest.mark.parametrize("checkpoint_io", [
-    pytest.param(TorchCheckpointIO(), marks=pytest.mark.xfail(strict=True, reason="Lightning's temp file lives in the system temp folder")),
-    AtomicCheckpointIO(),
-], ids=["lightning", "ours"])
-def test_process_killed_mid_save_leaves_nothing_behind_after_the_next_save(checkpoint_io, tmp_path, tmpdir_env):
-    target = tmp_path / "checkpoints" / "last.ckpt"
-    checkpoint_io.save_checkpoint({"step": 1}, target)
+def test_one_step_axis_in_the_console_checkpoint_names_csv_and_wandb(toy_root, tmp_path, offline_wandb, monkeypatch, capsys):
+    """Before: the CSV and W&B put the losses of iteration 2 and the validation after it at step 1."""
+    logged = []
+    log = offline_wandb.sdk.wandb_run.Run.log
+    monkeypatch.setattr(offline_wandb.sdk.wandb_run.Run, "log", lambda run, data, *a, **k: logged.append(data) or log(run, data, *a, **k))
+    run_dir = tmp_path / "run"
+    config = default_logging_config(toy_root, run_dir, max_steps=4, val_check_interval=2, log_every_n_steps=2, enable_progress_bar=True)
+    main(["fit", "--config", write_yaml(tmp_path / "fit.yaml", config)])
+    out = capsys.readouterr().out
 
-    def killed_by_a_full_disk():
-        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it: restore the kill
-        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-        checkpoint_io.save_checkpoint({"step": 2, "weights": torch.zeros(100_000)}, target)
-
-    status = forked(killed_by_a_full_disk)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXFSZ  # died mid-write
-    assert checkpoint_io.load_checkpoint(target) == {"step": 1}
-    checkpoint_io.save_checkpoint({"step": 3}, target)  # the next save of a live run
-    assert checkpoint_io.load_checkpoint(target) == {"step": 3}
-    assert os.listdir(target.parent) == ["last.ckpt"]
-    assert not list(tmpdir_env.iterdir())
-
-
-def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
-    dead, alive = dead_pid(), os.getppid()
-    names = [f".last.tmp{dead}.ckpt", f".best-step=2.tmp{dead}.ckpt", f".last.tmp{alive}.ckpt", "last.ckpt", ".notes.txt"]
-    for name in names:
-        (tmp_path / name).write_bytes(b"x")
-    assert sorted(p.name for p in io.remove_stale_temps(tmp_path)) == sorted(names[:2])
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
+    assert re.findall(r"^iteration (\d+)/4", out, re.MULTILINE) == ["2", "4"]
+    assert re.findall(r"^validation at iteration (\d+)$", out, re.MULTILINE) == ["2", "4"]
+    best = [int(m) for m in re.findall(r"best-step=(\d+)\.ckpt", " ".join(p.name for p in (run_dir / "checkpoints").iterdir()))]
+    assert len(best) == 1 and best[0] in (2, 4)
+    with open(run_dir / "logs" / "metrics.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    for column in ("val/mIoU", "train/loss_seg_main", "lr-SGD041/heads"):
+        assert [int(row["step"]) for row in rows if row[column]] == [2, 4], column
+    for key in ("val/mIoU", "train/loss_seg_main", "lr-SGD041/heads", "val/panels"):
+        assert [entry["trainer/global_step"] for entry in logged if key in entry] == [2, 4], key
 
 
-# --- the ranking folder's swap --------------------------------------------------------------
-
-FILES = ("scores.csv", "easy.txt", "hard.txt")
-
-
-def write_run(folder, run: str, files=FILES) -> None:
-    for name in files:
-        (folder / name).write_text(run)
+def offline_run_ids(run_dir) -> list[str]:
+    return sorted(path.name.split("-")[3] for path in (run_dir / "wandb").glob("offline-run-*"))  # offline-run-<time>-<id>[-n]
 
 
-def reader(out) -> str | None:
-    """What a reader of ``out`` finds: the run of a complete folder, None if there is none."""
-    if not out.is_dir():
-        return None
-    contents = {(out / name).read_text() if (out / name).is_file() else "missing" for name in FILES}
-    assert len(contents) == 1 and "missing" not in contents, f"mixed or partial ranking: {contents}"
-    return contents.pop()
+def test_one_run_folder_is_one_wandb_run_across_resumes_and_validation(toy_root, tmp_path, offline_wandb):
+    """Before: every command opened a new W&B run (8 for one run split by resumes)."""
+    run_dir = tmp_path / "run"
+    config = write_yaml(tmp_path / "fit.yaml", default_logging_config(toy_root, run_dir, max_steps=2, val_check_interval=2, log_every_n_steps=1))
+    main(["fit", "--config", config])
+    main(["fit", "--config", config, "--ckpt_path", "last", "--trainer.max_steps", "3"])
+    main(["validate", "--config", config, "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")])
+    run_id = (run_dir / "wandb" / "run_id").read_text().strip()
+    assert offline_run_ids(run_dir) == [run_id] * 3  # offline: one folder per command, all of the one run
 
 
-def leftovers(out) -> list[str]:
-    return sorted(p.name for p in out.parent.glob(f".{out.name}.*"))
+def test_a_command_that_fails_on_its_inputs_opens_no_wandb_run(toy_root, tmp_path, offline_wandb, capsys):
+    """Before: Lightning opened the W&B run when it set up the trainer, before the data module
+    found the dataset folder missing; and wandb warned of a missing git root and of 'anonymous'."""
+    run_dir = tmp_path / "run"
+    config = default_logging_config(toy_root, run_dir, max_steps=1)
+    config["data"]["init_args"]["source_root"] = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        main(["fit", "--config", write_yaml(tmp_path / "fit.yaml", config)])
+    assert not (run_dir / "wandb").exists()
 
-
-@pytest.mark.parametrize("failing", [1, 2], ids=["retire-old", "move-new-in"])
-def test_failed_rename_keeps_the_previous_ranking(tmp_path, monkeypatch, failing):
-    out = tmp_path / "ranking"
-    with atomic_dir(out) as staging:
-        write_run(staging, "old")
-    calls = []
-    rename = os.rename
-
-    def flaky(src, dst):
-        calls.append(dst)
-        if len(calls) == failing:
-            raise OSError(errno.EIO, "rename failed")
-        rename(src, dst)
-
-    monkeypatch.setattr(os, "rename", flaky)
-    with pytest.raises(OSError, match="rename failed"):
-        with atomic_dir(out) as staging:
-            write_run(staging, "new")
-    assert reader(out) == "old"
-    assert leftovers(out) == []
-
-
-@pytest.mark.parametrize("renames_done", [0, 1, 2], ids=["while-writing", "between-renames", "after-swap"])
-def test_killed_swap_is_settled_by_the_next_run(tmp_path, renames_done):
-    out = tmp_path / "ranking"
-    with atomic_dir(out) as staging:
-        write_run(staging, "old")
-
-    def killed():
-        rename = os.rename
-        done = []
-
-        def rename_then_die(src, dst):
-            rename(src, dst)
-            done.append(dst)
-            if len(done) == renames_done:
-                os._exit(0)
-
-        os.rename = rename_then_die
-        with atomic_dir(out) as staging:
-            write_run(staging, "new", FILES[:1])
-            if renames_done == 0:
-                os._exit(0)
-            write_run(staging, "new")
-
-    assert forked(killed) == 0
-    assert reader(out) == {0: "old", 1: None, 2: "new"}[renames_done]  # between the renames: hidden as .ranking.old<pid>
-    with atomic_dir(out) as staging:
-        assert reader(out) == {0: "old", 1: "old", 2: "new"}[renames_done]  # the next run starts from a complete folder
-        assert leftovers(out) == [staging.name]  # and nothing of the dead run
-        write_run(staging, "next")
-    assert reader(out) == "next"
-    assert leftovers(out) == []
+    fresh = tmp_path / "fresh"
+    config = default_logging_config(toy_root, fresh, max_steps=1, log_every_n_steps=1)
+    main(["fit", "--config", write_yaml(tmp_path / "fit.yaml", config)])
+    err = capsys.readouterr().err
+    assert len(offline_run_ids(fresh)) == 1  # opened at the first log
+    assert "git root" not in err and "anonymous" not in err
