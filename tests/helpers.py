@@ -1,6 +1,9 @@
-"""Config builders shared by the CLI-level tests: tiny models and toy data, CPU."""
+"""Shared by the tests: config builders for the CLI (tiny models and toy data, CPU), a tiny trained
+segmenter, checkpoints as `intrada fit` writes them, and a process that dies mid-way."""
 
 from __future__ import annotations
+
+import os
 
 import yaml
 
@@ -98,3 +101,28 @@ def trained_segmenter(seed: int = 0):
         for _ in range(2):
             model(torch.randint(0, 255, (2, 3, 32, 64)).float())
     return model.eval()
+
+
+def save_checkpoint(module, path):
+    """A Lightning checkpoint of ``module`` carrying ``_class_path`` as `intrada fit` writes it; returns ``path``."""
+    import lightning as L
+    import torch
+
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob["hyper_parameters"]["_class_path"] = f"{type(module).__module__}.{type(module).__qualname__}"
+    torch.save(blob, path)
+    return path
+
+
+def forked(child) -> int:
+    """Run ``child()`` in a forked process that dies without cleanup; return its wait status."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            child()
+        finally:
+            os._exit(0)
+    return os.waitpid(pid, 0)[1]

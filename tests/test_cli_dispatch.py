@@ -1,8 +1,10 @@
-"""The dispatcher (intrada_pl/cli/dispatch.py): commands that need no Lightning start without it."""
+"""The dispatcher (intrada_pl/cli/dispatch.py): commands that need no Lightning start without it, a
+config of the wrong shape is one error, and the console script's exit status says how a run ended."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -20,6 +22,7 @@ print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in he
 """
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("command", [["--version"], ["--help"], ["inspect", "--help"], ["toy-data", "--help"], ["pipeline", "--help"], ["tset"]])
 def test_light_commands_import_neither_lightning_nor_the_stages(command):
     done = subprocess.run([sys.executable, "-c", PROBE, *command], capture_output=True, text=True, timeout=120)
@@ -62,3 +65,34 @@ def test_a_config_of_the_wrong_shape_is_refused_naming_the_file(command, text, e
         run()
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.splitlines() == [f"intrada: error: --config {path}{expected}"]
+
+
+@pytest.mark.parametrize("returncode,status", [(143, 143), (-signal.SIGKILL, 128 + signal.SIGKILL)])
+def test_the_console_script_exits_with_the_failed_stage_status(monkeypatch, capsys, returncode, status):
+    """A stage's status is the pipeline's (one killed by a signal: 128 + its number, as a shell says)."""
+    from intrada_pl.cli import dispatch as cli
+
+    def stage_fails(args=None):
+        raise subprocess.CalledProcessError(returncode, [sys.executable, "-m", "intrada_pl.cli", "fit", "--config", "x.yaml"])
+
+    monkeypatch.setattr(cli, "main", stage_fails)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run()
+    assert exit_info.value.code == status
+    assert capsys.readouterr().err.strip().endswith(f"fit --config x.yaml ended with exit status {status}")
+
+
+def test_a_ctrl_c_that_lightning_caught_exits_130(monkeypatch):
+    """Before the run's loops start, a Ctrl+C is Lightning's KeyboardInterrupt, after which it exits 1."""
+    from intrada_pl.cli import dispatch as cli
+
+    def lightning_caught_ctrl_c(args=None):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            sys.exit(1)
+
+    monkeypatch.setattr(cli, "main", lightning_caught_ctrl_c)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run()
+    assert exit_info.value.code == 128 + signal.SIGINT

@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+import warnings
 
 import cv2
 import numpy as np
@@ -10,6 +11,7 @@ from PIL import Image
 
 from intrada_pl.data import labels as L
 from intrada_pl.data import layouts
+from intrada_pl.data.inspect import inspect_dataset
 from intrada_pl.data.datasets import (
     ACDC, BDD100K, DATASETS, GTA5, Cityscapes, DatasetLayoutError, FoggyCityscapes, ImageFileError, LabelFormatError,
     Mapillary, SegmentationDataset, Synscapes, Synthia, WildDash2, build_dataset, get_dataset_class,
@@ -335,6 +337,92 @@ def test_wilddash2_panoptic(tmp_path):
     with pytest.raises(DatasetLayoutError, match="panoptic.json"):
         WildDash2(root)
     assert len(WildDash2(root, with_labels=False)) == 2
+
+
+# both releases, decoded by category name
+# v2.0 categories the beta's id table scored as ignore, and where the policy puts them
+V2_EXPECTED = {
+    "curb": 1, "curbcut": 1, "bikelanesidewalk": 1, "manholesidewalk": 1,
+    "utilitypole": 5, "trafficsignframe": 5,
+    "motorcyclist": 12, "bicyclist": 12, "otherrider": 12,
+    "crosswalkzebra": 0, "crosswalkplain": 0, "bikelane": 0, "servicelane": 0, "manhole": 0,
+    "pedestrianarea": 0, "tramtrack": 0,
+    "otherbarrier": 3, "curbterrain": 9, "autorickshaw": 17,
+    # ... and categories the beta already had, under their v2.0 names
+    "road": 0, "trafficsign": 7, "onrails": 16, "pickup": 14, "van": 13, "roadmarking": 0,
+    "egovehicle": 255, "overlay": 255, "streetlight": 255, "billboard": 255, "polegroup": 255,
+    "mountain": 255, "railtrack": 255,
+}
+
+
+def stripes(ids: list[int], h: int = H) -> np.ndarray:
+    """One column per category id."""
+    return np.tile(np.array(ids, np.uint8), (h, 1))
+
+
+def test_v2_release_decodes_by_name(tmp_path):
+    names = list(V2_EXPECTED)
+    ids = [L.WILDDASH2_V2_NAMES.index(n) for n in names]
+    root = tmp_path / "wd_public_v2p0"
+    layouts.write_wilddash2(root, "at0000_100000", img(0, w=len(ids)), stripes(ids), release="v2.0")
+    categories = json.loads((root / "panoptic.json").read_text())["categories"]
+    assert len(categories) == 81 and categories[52] == {"id": 52, "name": "curb"}
+    ds = WildDash2(root)
+    assert ds.read_label(0)[0].tolist() == [V2_EXPECTED[n] for n in names]
+    assert (ds.read_raw_label(0)[0] == ids).all() and "0..80" in ds.raw_label_encoding
+    # the same categories under other ids: still decoded by name
+    shuffled = list(np.random.default_rng(0).permutation(L.WILDDASH2_V2_NAMES))
+    root2 = tmp_path / "shuffled"
+    layouts.write_wilddash2(root2, "x", img(0, w=len(ids)), stripes([shuffled.index(n) for n in names]), names=shuffled)
+    assert WildDash2(root2).read_label(0)[0].tolist() == [V2_EXPECTED[n] for n in names]
+
+
+def test_beta_release_decodes_as_before(tmp_path):
+    names = ["road", "ego vehicle", "rectification border", "train", "pickup", "van", "billboard",
+             "street-light", "road-marking", "polegroup", "person", "rider", "unlabeled"]
+    ids = [L.WILDDASH2_BETA_NAMES.index(n) for n in names]
+    assert ids == [7, 1, 2, 31, 34, 35, 36, 37, 38, 18, 24, 25, 0]   # Cityscapes ids + 34..38
+    layouts.write_wilddash2(tmp_path, "cn0000_000000", img(1, w=len(ids)), stripes(ids))
+    categories = json.loads((tmp_path / "panoptic.json").read_text())["categories"]
+    assert len(categories) == 39 and categories[37]["name"] == "street-light"
+    ds = WildDash2(tmp_path)
+    assert ds.read_label(0)[0].tolist() == [0, 255, 255, 16, 14, 13, 255, 255, 0, 255, 11, 12, 255]
+    assert "0..38" in ds.raw_label_encoding
+
+
+def test_policy_table_covers_both_releases():
+    assert len(L.WILDDASH2_BETA_NAMES) == 39 and len(L.WILDDASH2_V2_NAMES) == 81
+    assert L.wilddash2_unknown(L.WILDDASH2_BETA_NAMES) == [] == L.wilddash2_unknown(L.WILDDASH2_V2_NAMES)
+    assert set(L.WILDDASH2_TO_CITYSCAPES.values()) <= set(L.CITYSCAPES_ID_NAMES)
+    v2 = L.WILDDASH2_V2_TO_TRAIN_ID_LUT
+    # ids 0..38 mean the same in both releases; 21 of the new ones belong to one of the 19 classes
+    assert (v2[:39] == L.WILDDASH2_TO_TRAIN_ID_LUT[:39]).all()
+    assert int((v2[39:81] != 255).sum()) == 21 and (v2[81:] == 255).all()
+    assert L.wilddash2_key("Street-Light") == L.wilddash2_key("street light") == "streetlight"
+
+
+def test_unknown_category_warns_once_and_is_ignored(tmp_path):
+    names = [*L.WILDDASH2_V2_NAMES, "hoverboard"]
+    layouts.write_wilddash2(tmp_path, "a", img(2, w=3), stripes([7, 81, 52]), names=names)
+    layouts.write_wilddash2(tmp_path, "b", img(3, w=3), stripes([81, 81, 81]), names=names)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = WildDash2(tmp_path)
+        labels = [ds.read_label(i) for i in range(len(ds))] + [ds[0]["label"].numpy()]
+    assert len(caught) == 1 and "'hoverboard'" in str(caught[0].message) and "panoptic.json" in str(caught[0].message)
+    assert labels[0][0].tolist() == [0, 255, 1] and (labels[1] == 255).all()
+    report = inspect_dataset("wilddash2", tmp_path)
+    assert len(report["problems"]) == 1 and "'hoverboard'" in report["problems"][0]
+    assert report["ignored_pixels"] == H * 4 and report["class_pixels"][0] == report["class_pixels"][1] == H
+
+
+def test_panoptic_json_without_categories_is_refused(tmp_path):
+    layouts.write_wilddash2(tmp_path, "a", img(4), np.full((H, W), 7, np.uint8))
+    data = json.loads((tmp_path / "panoptic.json").read_text())
+    del data["categories"]
+    (tmp_path / "panoptic.json").write_text(json.dumps(data))
+    with pytest.raises(LabelFormatError, match="no categories"):
+        WildDash2(tmp_path)
 
 
 # ----------------------------------------------------------------------------------- ACDC

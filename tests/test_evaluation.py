@@ -1,22 +1,31 @@
 """Where ``intrada test`` writes (one folder per checkpoint and method set in its run folder, nothing
 in the working directory), what its help offers, and that its files come from the evaluator's
-callbacks whoever runs it."""
+callbacks whoever runs it; the prediction files: exact PNG label ids for JPEG inputs, names that are
+not UTF-8 refused before anything is written."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
+import yaml
 from lightning.pytorch import Trainer
 
 from helpers import eval_config, trained_segmenter, write_yaml
 from intrada_pl.cli import main
+from intrada_pl.data import labels as L
+from intrada_pl.data import layouts
 from intrada_pl.data.datamodules import EvaluationDataModule
+from intrada_pl.data.datasets import WildDash2
+from intrada_pl.models.deeplabv2 import DeepLabV2
 from intrada_pl.evaluation import EvaluationReport, PredictionWriter
 from intrada_pl.stages.evaluation import Evaluator, checkpoint_name, output_name
 
@@ -24,12 +33,12 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
+def checkpoints(deeplab_pth, tmp_path_factory) -> dict[str, Path]:
     """Two different released-style checkpoints, ``a.pth`` and ``b.pth``."""
     folder = tmp_path_factory.mktemp("ckpts")
     paths = {name: folder / f"{name}.pth" for name in ("a", "b")}
-    for seed, path in enumerate(paths.values()):
-        torch.save(trained_segmenter(seed).state_dict(), path)
+    shutil.copy(deeplab_pth, paths["a"])
+    torch.save(trained_segmenter(1).state_dict(), paths["b"])
     return paths
 
 
@@ -105,17 +114,18 @@ def test_a_plain_trainer_gets_the_files_too(toy_root, checkpoints, tmp_path):
 
 
 @pytest.mark.system
-def test_test_without_a_config_writes_into_its_run_folder_only(toy_root, checkpoints, tmp_path):
+def test_test_without_a_config_writes_into_its_run_folder_only(toy_root, checkpoints, tmp_path, offline_wandb):
     """Without --config, Lightning's default logger left lightning_logs/ in the working directory."""
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
     done = subprocess.run(
         [sys.executable, "-m", "intrada_pl.cli", "test", "--ckpt", str(checkpoints["a"]), "--data.root", str(toy_root / "Cityscapes"),
          "--data.size", "[64,32]", "--data.num_workers", "0", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=cwd, env={**os.environ, "WANDB_SILENT": "true"}, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert os.listdir(tmp_path) == ["runs"]
-    run = tmp_path / "runs" / "test"
+    assert os.listdir(cwd) == ["runs"]
+    run = cwd / "runs" / "test"
     assert _metrics(run / "a")["checkpoints"] == [str(checkpoints["a"])]
     assert (run / "logs" / "metrics.csv").is_file() and (run / "wandb").is_dir()
 
@@ -123,8 +133,6 @@ def test_test_without_a_config_writes_into_its_run_folder_only(toy_root, checkpo
 def test_sliding_window_inference_with_a_window_as_large_as_the_image_is_whole_image(toy_root, tmp_path):
     """--model.sliding_window: the same metrics as whole-image inference when one window covers the
     image; smaller windows evaluate too."""
-    from intrada_pl.models import DeepLabV2
-
     ckpt = tmp_path / "model.pth"
     torch.manual_seed(0)
     torch.save(DeepLabV2(19, depth=18).state_dict(), ckpt)
@@ -135,3 +143,71 @@ def test_sliding_window_inference_with_a_window_as_large_as_the_image_is_whole_i
         runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())
     assert runs["one_window"]["IoU"] == runs["whole"]["IoU"]
     assert 0 <= runs["windows"]["mIoU"] <= 100
+
+
+# ----------------------------------------------------------------------------------- predictions
+def test_save_predictions_on_jpeg_input_writes_exact_png_label_ids(tmp_path):
+    root = tmp_path / "wd2"
+    rng = np.random.default_rng(0)
+    names = ["at0000_000001", "at0000_000002"]
+    for name in names:
+        cats = rng.choice([7, 8, 11, 21, 23, 26, 52, 75], (48, 96)).astype(np.uint8)
+        layouts.write_wilddash2(root, name, rng.integers(0, 256, (48, 96, 3), dtype=np.uint8), cats, release="v2.0")
+    torch.manual_seed(0)
+    model = DeepLabV2(19, depth=18, preprocessing="imagenet").train()
+    with torch.no_grad():   # real BN statistics, so the prediction is not one class everywhere
+        model(torch.rand(2, 3, 32, 64) * 255)
+    torch.save(model.eval().state_dict(), tmp_path / "source.pth")
+    config = {"trainer": {"accelerator": "cpu", "logger": False, "enable_progress_bar": False},
+              "data": {"dataset": "wilddash2", "root": str(root), "size": [64, 32], "num_workers": 0}}
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    main(["test", "--config", str(tmp_path / "t.yaml"), "--ckpt", str(tmp_path / "source.pth"), "--output", str(out),
+          "--save_predictions"])
+
+    label_ids = sorted((out / "predictions" / "labelIds").iterdir())
+    assert [p.name for p in label_ids] == [f"{n}.png" for n in names]
+    assert sorted(p.name for p in (out / "predictions" / "color").iterdir()) == [f"{n}.png" for n in names]
+    ds = WildDash2(root)
+    confmat = np.zeros((19, 19), np.int64)
+    for i, path in enumerate(label_ids):
+        ids = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert ids.dtype == np.uint8 and ids.shape == (48, 96)
+        assert set(np.unique(ids).tolist()) <= set(L.TRAIN_ID_TO_CITYSCAPES_ID.values())
+        pred = L.ID_TO_TRAIN_ID_LUT[ids]
+        color = cv2.cvtColor(cv2.imread(str(out / "predictions" / "color" / path.name)), cv2.COLOR_BGR2RGB)
+        assert (color == L.colorize(pred)).all()
+        gt = ds.read_label(i)
+        valid = gt != 255
+        confmat += np.bincount(gt[valid].astype(np.int64) * 19 + pred[valid], minlength=19 * 19).reshape(19, 19)
+    assert len(np.unique(L.ID_TO_TRAIN_ID_LUT[ids])) > 1
+    # the files hold exactly what was scored: their IoUs are metrics.json's
+    tp = np.diag(confmat)
+    union = confmat.sum(0) + confmat.sum(1) - tp
+    metrics = json.loads((out / "metrics.json").read_text())
+    for c, name in enumerate(L.CLASS_NAMES):
+        expected = None if union[c] == 0 else round(100 * tp[c] / union[c], 2)
+        assert metrics["IoU"][name] == pytest.approx(expected), name
+
+
+@pytest.mark.system
+def test_save_predictions_refuses_a_name_that_is_not_utf8_before_writing(toy_root, deeplab_pth, tmp_path):
+    """``intrada test --save_predictions`` crashed (exit 139, nothing written): now one line at
+    dataset setup, exit 2, and no prediction folder begun."""
+    root = Path(shutil.copytree(toy_root / "Cityscapes", tmp_path / "Cityscapes"))
+    image = min(root.glob("leftImg8bit/val/*/*.png"))
+    label = min(root.glob("gtFine/val/*/*_labelIds.png"))
+    bad = image.with_name(os.fsdecode(b"\xff\xfe_leftImg8bit.png"))
+    shutil.copy(image, bad)
+    shutil.copy(label, label.with_name(os.fsdecode(b"\xff\xfe_gtFine_labelIds.png")))
+    config = write_yaml(tmp_path / "test.yaml", eval_config(tmp_path))
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "INTRADA_TRACEBACK"}
+    done = subprocess.run([sys.executable, "-m", "intrada_pl.cli", "test", "--config", config, "--ckpt", str(deeplab_pth),
+                           "--save_predictions", "--output", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("intrada: error: ")]
+    assert repr(os.fsencode(bad)) in line and "not valid UTF-8" in line
+    assert not (out / "predictions").exists()

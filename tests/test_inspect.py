@@ -1,9 +1,16 @@
+"""The dataset inspector (intrada_pl/data/inspect.py, ``intrada inspect``): counts, problems and notes,
+dataset options and exit codes."""
+
+import json
 import os
 import shutil
 
 import cv2
 import numpy as np
+import pytest
 
+from intrada_pl.cli import main as cli_main
+from intrada_pl.cli import run
 from intrada_pl.data import layouts
 from intrada_pl.data.inspect import format_report, inspect_dataset, main
 
@@ -158,3 +165,56 @@ def test_image_name_that_is_not_utf8_is_a_problem(tmp_path, capsys):
     assert "has a file name that is not valid UTF-8" in problem
     assert main(["bdd100k", str(root)]) == 1
     assert "b'" in capsys.readouterr().out          # printed as bytes: no UnicodeEncodeError on a strict stdout
+
+
+# ----------------------------------------------------------------------------------- `intrada inspect` with dataset options
+def test_inspect_selects_acdc_condition(tmp_path, capsys):
+    layouts.write_acdc(tmp_path, "fog", "val", "GOPR0475", 1, img(5), np.full((H, W), 7, np.uint8))     # road
+    layouts.write_acdc(tmp_path, "night", "val", "GP010376", 2, img(6), np.full((H, W), 23, np.uint8))  # sky
+    layouts.write_acdc(tmp_path, "night", "val", "GP010376", 3, img(7), np.full((H, W), 26, np.uint8))  # car
+    cli_main(["inspect", "acdc", str(tmp_path), "--option", "condition=night", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["num_images"] == 2 and report["class_pixels"][10] == report["class_pixels"][13] == H * W
+    assert report["class_pixels"][0] == 0
+    cli_main(["inspect", "acdc", str(tmp_path), "--options", "{condition: fog}", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["num_images"] == 1 and report["class_pixels"][0] == H * W
+
+
+def test_inspect_selects_foggy_beta(tmp_path, capsys):
+    layouts.write_foggy_cityscapes(tmp_path, "val", "lindau", 0, 1, img(8), np.full((H, W), 7, np.uint8), betas=(0.02,))
+    layouts.write_foggy_cityscapes(tmp_path, "val", "lindau", 0, 2, img(9), np.full((H, W), 26, np.uint8), betas=(0.005, 0.01))
+    cli_main(["inspect", "foggy_cityscapes", str(tmp_path), "--option", "beta=0.02", "--json"])   # 0.02 is read as a number
+    report = json.loads(capsys.readouterr().out)
+    assert report["num_images"] == 1 and report["class_pixels"][0] == H * W and report["class_pixels"][13] == 0
+    cli_main(["inspect", "foggy_cityscapes", str(tmp_path), "--options", '{"beta": 0.01}', "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["num_images"] == 1 and report["class_pixels"][13] == H * W
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--option", "weather=night"], "ACDC has no option 'weather'; its options: condition"),
+    (["--option", "night"], "--option takes KEY=VALUE"),
+    (["--options", "[1, 2]"], "--options must be a mapping"),
+    (["--option", "condition=sand"], "ACDC condition must be one of"),
+])
+def test_inspect_bad_option_is_one_error(tmp_path, capsys, args, message):
+    layouts.write_acdc(tmp_path, "fog", "val", "GOPR0475", 1, img(5), np.full((H, W), 7, np.uint8))
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["inspect", "acdc", str(tmp_path), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"intrada inspect: error: {message}" in err and "Traceback" not in err
+
+
+def test_inspect_exit_status(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "gta5"
+    layouts.write_gta5(root, 1, img(1), np.full((H, W), 7, np.uint8))
+    monkeypatch.setattr("sys.argv", ["intrada", "inspect", "gta5", str(root)])
+    run()                                                   # clean: returns, exit status 0
+    assert "problems: none" in capsys.readouterr().out
+    layouts.write_gta5(root, 2, img(2), np.full((H, W), 40, np.uint8))    # not a Cityscapes id
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    assert exit_info.value.code == 1
+    assert "problems: 1" in capsys.readouterr().out

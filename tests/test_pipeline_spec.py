@@ -137,3 +137,13 @@ def test_shipped_pipelines_name_their_dataset_roots_once(monkeypatch):
     links = {key: link for stage in p.stages for key, link in stage.links.items() if link.startswith("roots.")}
     assert set(links.values()) == {"roots.gta5", "roots.cityscapes"}
     assert p.resolved_test_config()["data"]["root"] == "data/Cityscapes"
+
+
+def test_pipeline_refuses_links_to_later_stages(tmp_path):
+    spec = {
+        "run_dir": str(tmp_path),
+        "stages": [{"name": "a", "command": "fit", "config": "x.yaml", "links": {"model.init_args.segmenter.init_args.pretrained": "b.checkpoint"}}],
+        "test": {"config": str(REPO / "configs" / "test_cityscapes.yaml"), "stages": ["a"]},
+    }
+    with pytest.raises(ValueError, match="earlier stage"):
+        Pipeline.from_yaml(write_yaml(tmp_path / "p.yaml", spec))

@@ -1,5 +1,7 @@
-"""``intrada pipeline`` as one supervised job: stages die with it, a run folder has one pipeline at
-a time, and a changed stage config runs the stage (and what reads its outputs) again.
+"""``intrada pipeline`` as one supervised job: it runs its stages, links their outputs and skips the
+finished ones; stages die with it, a run folder has one pipeline at a time, a changed stage config
+runs the stage (and what reads its outputs) again, and a stage that ended short of its iterations
+is not done.
 
 The stages here are a tiny Python script standing in for ``intrada fit|predict|test`` (it logs
 its call and writes the outputs, or sleeps): the pipeline starts it exactly as it starts
@@ -21,8 +23,8 @@ import pytest
 import torch
 import yaml
 
-from helpers import write_yaml
-from intrada_pl.pipeline import LOCK_FILE, Pipeline, PipelineError
+from helpers import eval_config, fit_config, write_yaml
+from intrada_pl.pipeline import LOCK_FILE, RANKING_CLASSES, Pipeline, PipelineError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,6 +61,8 @@ DRIVER = (
     "import sys; from intrada_pl.pipeline import Pipeline; p = Pipeline.from_yaml(sys.argv[1]); "
     "p.intrada = [sys.executable, sys.argv[2]]; p.grace_s = 1.0; p.run()"
 )
+
+pytestmark = pytest.mark.system  # every test starts processes: the pipeline's stages, or the pipeline itself
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG is Linux-only")
 
@@ -255,3 +259,100 @@ def test_second_pipeline_on_a_locked_run_dir_fails(tmp_path, fake):
         driver.terminate()
         driver.communicate(timeout=30)
     assert _gone(child)
+
+
+# --------------------------------------------------------------------------- a stage that ended short is not done
+def checkpoint(tmp_path: Path, step: int) -> str:
+    path = tmp_path / f"step_{step}.ckpt"
+    torch.save({"global_step": step}, path)
+    return str(path)
+
+
+def test_a_stage_that_fails_is_not_done_and_resumes(tmp_path, fake, monkeypatch):
+    pipeline_yaml(tmp_path)
+    monkeypatch.setenv("FAKE_EXIT", "143")
+    monkeypatch.setenv("FAKE_CKPT", checkpoint(tmp_path, 2))
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        pipeline(tmp_path, fake).run()
+    assert failed.value.returncode == 143
+    assert [c[0] for c in calls(tmp_path)] == ["source"] and not (tmp_path / "runs" / "source" / "DONE").exists()
+    assert [s.action for s in pipeline(tmp_path, fake).plan()] == ["resume", "rerun", "rerun", "run"]
+
+
+def test_a_stage_that_exits_0_short_of_max_steps_is_not_done(tmp_path, fake, monkeypatch):
+    """What Lightning's exit status 0 after SIGTERM gave: the stage is refused, not marked done."""
+    pipeline_yaml(tmp_path)
+    monkeypatch.setenv("FAKE_CKPT", checkpoint(tmp_path, 2))
+    last_ckpt = tmp_path / "runs" / "source" / "checkpoints" / "last.ckpt"
+    with pytest.raises(PipelineError, match=f"'source': intrada fit exited 0 but {last_ckpt} is at iteration 2 of 4"):
+        pipeline(tmp_path, fake).run()
+    assert not (tmp_path / "runs" / "source" / "DONE").exists()
+    monkeypatch.delenv("FAKE_CKPT")
+    assert [s.action for s in pipeline(tmp_path, fake).plan()][0] == "resume"
+
+
+def test_a_predict_stage_done_without_its_ranking_runs_again(tmp_path, fake):
+    pipeline_yaml(tmp_path)
+    write_yaml(tmp_path / "rank.yaml", {"trainer": {"callbacks": [{"class_path": RANKING_CLASSES[0]}]}})
+    pipeline(tmp_path, fake).run()
+    (tmp_path / "runs" / "rank" / "ranking").rmdir()
+    steps = pipeline(tmp_path, fake).plan()
+    assert [s.action for s in steps] == ["skip", "skip", "rerun", "skip"]
+    assert f"({tmp_path / 'runs' / 'rank' / 'ranking'} is missing)" in steps[2].reason
+
+
+@pytest.mark.parametrize("damage", ["deleted", "short"])
+def test_done_whose_checkpoint_is_gone_or_short_runs_again(tmp_path, fake, damage):
+    pipeline_yaml(tmp_path)
+    pipeline(tmp_path, fake).run()
+    last_ckpt = tmp_path / "runs" / "source" / "checkpoints" / "last.ckpt"
+    if damage == "deleted":
+        last_ckpt.unlink()
+        reason = f"{last_ckpt} is missing"
+    else:
+        torch.save({"global_step": 3}, last_ckpt)  # a DONE written after a SIGTERM at iteration 3 of 4
+        reason = f"{last_ckpt} is at iteration 3 of 4"
+    steps = pipeline(tmp_path, fake).plan()
+    assert [s.action for s in steps] == ["rerun", "rerun", "rerun", "skip"]  # its dependants too, as for a changed config
+    assert steps[0].reason == f"not finished although marked done ({reason}), runs from scratch"
+    pipeline(tmp_path, fake).run()
+    assert [c[0] for c in calls(tmp_path)[5:]] == ["source", "inter", "rank", "test"]
+    assert torch.load(last_ckpt)["global_step"] == 4
+
+
+# --------------------------------------------------------------------------- the real `intrada`
+def test_pipeline_runs_links_and_skips_finished_stages(toy_root, tmp_path):
+    source = fit_config(toy_root, tmp_path / "unused")
+    inter = fit_config(toy_root, tmp_path / "unused", stage="intrada_pl.stages.inter.InterDomainModule", schedule_steps=10)
+    inter["trainer"]["max_steps"] = 2
+    spec = {
+        "run_dir": str(tmp_path / "runs"),
+        "stages": [
+            {"name": "source_only", "command": "fit", "config": write_yaml(tmp_path / "source.yaml", source)},
+            {
+                "name": "inter",
+                "command": "fit",
+                "config": write_yaml(tmp_path / "inter.yaml", inter),
+                "links": {"model.init_args.segmenter.init_args.pretrained": "source_only.checkpoint"},
+            },
+        ],
+        "test": {"config": write_yaml(tmp_path / "test.yaml", eval_config(toy_root)), "stages": ["source_only", "inter"]},
+    }
+    pipeline = write_yaml(tmp_path / "pipeline.yaml", spec)
+    command = [sys.executable, "-m", "intrada_pl.cli", "pipeline", "--config", pipeline]
+    first = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = tmp_path / "runs"
+    resolved = yaml.safe_load((runs / "inter" / "stage_config.yaml").read_text())
+    assert resolved["model"]["init_args"]["segmenter"]["init_args"]["pretrained"] == str(runs / "source_only" / "checkpoints" / "last.ckpt")
+    assert (runs / "inter" / "checkpoints" / "last.ckpt").exists() and (runs / "inter" / "DONE").exists()
+    rows = json.loads((runs / "summary.json").read_text())
+    assert [r["stage"] for r in rows] == ["source_only", "inter"]
+    assert all(0 <= r["mIoU"] <= 100 for r in rows)
+    assert "| inter" in (runs / "summary.md").read_text()
+
+    stamp = (runs / "inter" / "checkpoints" / "last.ckpt").resolve().stat().st_mtime_ns
+    second = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "source_only: done, skipped" in second.stdout and "inter: done, skipped" in second.stdout
+    assert (runs / "inter" / "checkpoints" / "last.ckpt").resolve().stat().st_mtime_ns == stamp

@@ -18,13 +18,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from intrada_pl.cli import main
-from intrada_pl.models import DeepLabV2
 from intrada_pl.data.datamodules import SplitDataModule
 from intrada_pl.data.datasets import DatasetLayoutError, read_index_png
 from intrada_pl.data.ranking_manifest import pseudo_label_path
 from intrada_pl.ranking import RankingCallback
 from intrada_pl.ranking.scores import RARE_TRAIN_IDS, Ranking, entropy_scores, num_easy, pseudo_labels, rare_class_factor
-from intrada_pl.stages.segmentation import SegmentationEvalModule, SegmentationModule
+from intrada_pl.stages.segmentation import SegmentationEvalModule
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (64, 32)  # ranking resolution (W, H) of the CLI runs; the toy images are 128x64
@@ -161,11 +160,9 @@ def test_callback_confidence_threshold_writes_255(tmp_path):
     assert np.all(read_index_png(tmp_path / "ranking" / "pseudo_labels" / "a.png") == 255)
 
 
-def test_histogram_is_logged_to_wandb(tmp_path, monkeypatch):
+def test_histogram_is_logged_to_wandb(tmp_path, monkeypatch, offline_wandb):
     from lightning.pytorch.loggers import WandbLogger
 
-    for var in ("WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
-        monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
     logged = []
     monkeypatch.setattr(WandbLogger, "log_image", lambda self, key, images, **kw: logged.append((key, images)))
     monkeypatch.setattr(WandbLogger, "log_table", lambda self, key, columns, data, **kw: logged.append((key, [row[1] for row in data])))
@@ -176,7 +173,6 @@ def test_histogram_is_logged_to_wandb(tmp_path, monkeypatch):
     trainer.predict(FixedLogits(), dataloaders=DataLoader(fixed_items(2), batch_size=2))
     order = (tmp_path / "ranking" / "easy.txt").read_text().split() + (tmp_path / "ranking" / "hard.txt").read_text().split()
     assert logged[:2] == [("ranking/histogram", [str(tmp_path / "ranking" / "histogram.png")]), ("ranking/scores", order)]
-    __import__("wandb").finish()  # no run left open for later tests (Lightning's WandbLogger reuses an open one)
 
 
 def test_the_old_class_path_of_the_callback_still_works():
@@ -187,17 +183,6 @@ def test_the_old_class_path_of_the_callback_still_works():
 
 
 # ---------------------------------------------------------------------------------- CLI, DDP
-def save_checkpoint(module: L.LightningModule, path: Path) -> Path:
-    """A Lightning checkpoint carrying ``_class_path`` as `intrada fit` writes it."""
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(path)
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    blob["hyper_parameters"]["_class_path"] = f"{type(module).__module__}.{type(module).__qualname__}"
-    torch.save(blob, path)
-    return path
-
-
 def rank_args(toy_root: Path, ckpt: Path, out: Path) -> list[str]:
     """`intrada predict` with the shipped config, pointed at the toy data and a small size."""
     return [
@@ -210,18 +195,16 @@ def rank_args(toy_root: Path, ckpt: Path, out: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ranked(toy_root, tmp_path_factory):
+def ranked(toy_root, deeplab_ckpt, tmp_path_factory):
     """One `intrada predict` run (1 process, 1 thread, batch 1) and its checkpoint."""
     tmp = tmp_path_factory.mktemp("rank")
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(SegmentationModule(DeepLabV2(depth=18, preprocessing="imagenet")), tmp / "inter.ckpt")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each DDP process below: same kernels, same rounding
     try:
-        main(rank_args(toy_root, ckpt, tmp / "run"))
+        main(rank_args(toy_root, deeplab_ckpt, tmp / "run"))
     finally:
         torch.set_num_threads(threads)
-    return tmp / "run" / "ranking", ckpt
+    return tmp / "run" / "ranking", deeplab_ckpt
 
 
 def test_predict_cli_writes_every_file(ranked, toy_root):
@@ -238,6 +221,7 @@ def test_predict_cli_writes_every_file(ranked, toy_root):
     assert (out / "histogram.png").is_file() and (out / "summary.json").is_file()
 
 
+@pytest.mark.system
 def test_ddp_two_processes_write_identical_files(ranked, toy_root, tmp_path):
     """Each image scored once on one of 2 ranks, gathered, written by rank 0: byte-identical to
     1 process. (Batch 1 and 1 thread on both sides: float32 kernels may round differently for

@@ -1,16 +1,20 @@
-"""The ranking folder's format (intrada_pl.data.ranking_manifest): its writer, its one reader, and
-that the ranking, the intra-domain stage and the toy check all go through them."""
+"""The ranking folder's format (intrada_pl.data.ranking_manifest): its writer, its one reader, that
+the ranking, the intra-domain stage and the toy check all go through them, and the folder's swap
+under crashes (a reader finds the previous ranking or the new one, whole)."""
 
 from __future__ import annotations
 
 import ast
+import errno
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import intrada_pl
+from helpers import forked
 from intrada_pl.data.datamodules import SplitDataModule
 from intrada_pl.data.datasets import Cityscapes, read_index_png
 from intrada_pl.data.ranking_manifest import (
@@ -20,6 +24,7 @@ from intrada_pl.data.ranking_manifest import (
     SCORES,
     SUMMARY,
     Manifest,
+    atomic_dir,
     encode_png,
     pseudo_label_path,
     read_ranking,
@@ -124,3 +129,82 @@ def test_the_intra_stage_and_the_toy_check_read_the_same_ranking(toy_root, tmp_p
     found = len(set(generated) & set(manifest.hard))
     assert (check["ranked_hard"], check["found"], check["generated_hard"]) == (len(manifest.hard), found, len(generated))
     assert check["auroc"] == 1.0 and found == len(generated) == 2  # every generated image scores above the others
+
+
+# ---------------------------------------------------------------------------------- the folder's swap, under crashes
+
+FILES = ("scores.csv", "easy.txt", "hard.txt")
+
+
+def write_run(folder, run: str, files=FILES) -> None:
+    for name in files:
+        (folder / name).write_text(run)
+
+
+def reader(out) -> str | None:
+    """What a reader of ``out`` finds: the run of a complete folder, None if there is none."""
+    if not out.is_dir():
+        return None
+    contents = {(out / name).read_text() if (out / name).is_file() else "missing" for name in FILES}
+    assert len(contents) == 1 and "missing" not in contents, f"mixed or partial ranking: {contents}"
+    return contents.pop()
+
+
+def leftovers(out) -> list[str]:
+    return sorted(p.name for p in out.parent.glob(f".{out.name}.*"))
+
+
+@pytest.mark.parametrize("failing", [1, 2], ids=["retire-old", "move-new-in"])
+def test_failed_rename_keeps_the_previous_ranking(tmp_path, monkeypatch, failing):
+    out = tmp_path / "ranking"
+    with atomic_dir(out) as staging:
+        write_run(staging, "old")
+    calls = []
+    rename = os.rename
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) == failing:
+            raise OSError(errno.EIO, "rename failed")
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", flaky)
+    with pytest.raises(OSError, match="rename failed"):
+        with atomic_dir(out) as staging:
+            write_run(staging, "new")
+    assert reader(out) == "old"
+    assert leftovers(out) == []
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("renames_done", [0, 1, 2], ids=["while-writing", "between-renames", "after-swap"])
+def test_killed_swap_is_settled_by_the_next_run(tmp_path, renames_done):
+    out = tmp_path / "ranking"
+    with atomic_dir(out) as staging:
+        write_run(staging, "old")
+
+    def killed():
+        rename = os.rename
+        done = []
+
+        def rename_then_die(src, dst):
+            rename(src, dst)
+            done.append(dst)
+            if len(done) == renames_done:
+                os._exit(0)
+
+        os.rename = rename_then_die
+        with atomic_dir(out) as staging:
+            write_run(staging, "new", FILES[:1])
+            if renames_done == 0:
+                os._exit(0)
+            write_run(staging, "new")
+
+    assert forked(killed) == 0
+    assert reader(out) == {0: "old", 1: None, 2: "new"}[renames_done]  # between the renames: hidden as .ranking.old<pid>
+    with atomic_dir(out) as staging:
+        assert reader(out) == {0: "old", 1: "old", 2: "new"}[renames_done]  # the next run starts from a complete folder
+        assert leftovers(out) == [staging.name]  # and nothing of the dead run
+        write_run(staging, "next")
+    assert reader(out) == "next"
+    assert leftovers(out) == []

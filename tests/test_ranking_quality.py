@@ -13,11 +13,10 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from test_ranking import SIZE, FixedLogits, rank_args, save_checkpoint
+from test_ranking import SIZE, FixedLogits, rank_args
 from torch.utils.data import DataLoader
 
 from intrada_pl.cli import main
-from intrada_pl.models import DeepLabV2
 from intrada_pl.data.datamodules import TargetDataModule
 from intrada_pl.data.datasets import DatasetLayoutError
 from intrada_pl.errors import ConfigValueError
@@ -38,7 +37,6 @@ from intrada_pl.ranking.quality import (
     split_recall_precision,
 )
 from intrada_pl.ranking.scores import Ranking
-from intrada_pl.stages.segmentation import SegmentationModule
 
 
 # ---------------------------------------------------------------------------------- statistics
@@ -192,16 +190,10 @@ def test_target_datamodule_labels_for_predict(toy_root, tmp_path):
 
 
 # ---------------------------------------------------------------------------------- CLI
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    return save_checkpoint(SegmentationModule(DeepLabV2(depth=18, preprocessing="imagenet")), tmp_path_factory.mktemp("ckpt") / "inter.ckpt")
-
-
-def test_ranking_with_labels_writes_the_report(toy_root, checkpoint, tmp_path, capsys):
+def test_ranking_with_labels_writes_the_report(toy_root, deeplab_ckpt, tmp_path, capsys):
     """configs/rank_gta5.yaml (with_labels: auto) on the toy data, which has labels."""
     hard_list = toy_root / "hard_list.txt"
-    main([*rank_args(toy_root, checkpoint, tmp_path), "--trainer.callbacks.init_args.hard_list", str(hard_list)])
+    main([*rank_args(toy_root, deeplab_ckpt, tmp_path), "--trainer.callbacks.init_args.hard_list", str(hard_list)])
     out = tmp_path / "ranking"
     report = json.loads((out / "quality.json").read_text())
     easy, hard = (out / "easy.txt").read_text().split(), (out / "hard.txt").read_text().split()
@@ -225,8 +217,8 @@ def test_ranking_with_labels_writes_the_report(toy_root, checkpoint, tmp_path, c
     assert f"AUROC of the score {report['hard_list']['auroc']:.3f}" in capsys.readouterr().out
 
 
-def test_ranking_without_labels_writes_the_label_free_report(toy_root, checkpoint, tmp_path):
-    main([*rank_args(toy_root, checkpoint, tmp_path), "--data.init_args.with_labels", "false"])
+def test_ranking_without_labels_writes_the_label_free_report(toy_root, deeplab_ckpt, tmp_path):
+    main([*rank_args(toy_root, deeplab_ckpt, tmp_path), "--data.init_args.with_labels", "false"])
     out = tmp_path / "ranking"
     report = json.loads((out / "quality.json").read_text())
     assert set(report) == {"num_images", "num_easy", "num_hard", "lambda_", "score", "labelled"}
@@ -235,10 +227,10 @@ def test_ranking_without_labels_writes_the_label_free_report(toy_root, checkpoin
     assert not (out / "quality.png").exists()
 
 
-def test_missing_hard_list_fails_before_scoring(toy_root, checkpoint, tmp_path, monkeypatch, capsys):
+def test_missing_hard_list_fails_before_scoring(toy_root, deeplab_ckpt, tmp_path, monkeypatch, capsys):
     from intrada_pl.cli import run
 
-    monkeypatch.setattr("sys.argv", ["intrada", *rank_args(toy_root, checkpoint, tmp_path),
+    monkeypatch.setattr("sys.argv", ["intrada", *rank_args(toy_root, deeplab_ckpt, tmp_path),
                                      "--trainer.callbacks.init_args.hard_list", str(tmp_path / "nope.txt")])
     with pytest.raises(SystemExit) as exit_info:
         run()
@@ -247,11 +239,9 @@ def test_missing_hard_list_fails_before_scoring(toy_root, checkpoint, tmp_path, 
 
 
 # ---------------------------------------------------------------------------------- W&B
-def test_wandb_gets_the_numbers_the_figure_and_the_examples(tmp_path, monkeypatch):
+def test_wandb_gets_the_numbers_the_figure_and_the_examples(tmp_path, monkeypatch, offline_wandb):
     from lightning.pytorch.loggers import WandbLogger
 
-    for var in ("WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
-        monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
     logged: dict[str, list] = {"image": [], "metrics": [], "table": []}
     monkeypatch.setattr(WandbLogger, "log_image", lambda self, key, images, **kw: logged["image"].append(key))
     monkeypatch.setattr(WandbLogger, "log_metrics", lambda self, metrics, step=None: logged["metrics"].append(metrics))
@@ -297,14 +287,14 @@ def test_check_hard_list_refuses_a_list_that_matches_no_ranked_image():
         check_hard_list([], ranked, "hard_list h.txt")
 
 
-def test_hard_list_matching_no_ranked_image_is_refused_before_scoring(toy_root, checkpoint, tmp_path, monkeypatch, capsys):
+def test_hard_list_matching_no_ranked_image_is_refused_before_scoring(toy_root, deeplab_ckpt, tmp_path, monkeypatch, capsys):
     """Names without their city folder, a likely slip: one line, exit 2, nothing written (it was
     ``"auroc": null`` and no word)."""
     from intrada_pl.cli import run
 
     hard_list = tmp_path / "hard.txt"
     hard_list.write_text("".join(Path(name).name + "\n" for name in read_name_list(toy_root / "hard_list.txt")))
-    monkeypatch.setattr("sys.argv", ["intrada", *rank_args(toy_root, checkpoint, tmp_path),
+    monkeypatch.setattr("sys.argv", ["intrada", *rank_args(toy_root, deeplab_ckpt, tmp_path),
                                      "--trainer.callbacks.init_args.hard_list", str(hard_list)])
     with pytest.raises(SystemExit) as exit_info:
         run()
@@ -315,11 +305,11 @@ def test_hard_list_matching_no_ranked_image_is_refused_before_scoring(toy_root, 
     assert not (tmp_path / "ranking").exists()
 
 
-def test_hard_list_matched_count_in_quality_json_and_console(toy_root, checkpoint, tmp_path, caplog):
+def test_hard_list_matched_count_in_quality_json_and_console(toy_root, deeplab_ckpt, tmp_path, caplog):
     hard_list = tmp_path / "hard.txt"
     hard_list.write_text((toy_root / "hard_list.txt").read_text() + "munich/munich_000000_000019_leftImg8bit.png\n")
     caplog.set_level(logging.INFO)
-    main([*rank_args(toy_root, checkpoint, tmp_path), "--trainer.callbacks.init_args.hard_list", str(hard_list)])
+    main([*rank_args(toy_root, deeplab_ckpt, tmp_path), "--trainer.callbacks.init_args.hard_list", str(hard_list)])
     known = json.loads((tmp_path / "ranking" / "quality.json").read_text())["hard_list"]
     assert (known["entries"], known["matched"], known["unmatched"]) == (3, 2, 1)
     assert "hard_list: 2 of 3 names ranked, AUROC " in caplog.text

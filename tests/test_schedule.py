@@ -39,6 +39,16 @@ REFERENCE_TABLE = [
 ]
 
 
+def test_poly_decay_values():
+    poly = PolyDecay(250_000, 0.9)
+    assert poly(0) == 1.0
+    assert poly(120_000) == pytest.approx((1 - 120_000 / 250_000) ** 0.9)
+    assert poly(120_000) == pytest.approx(0.555, abs=1e-3)  # ADVENT never decays to 0
+    assert poly(300_000) == 0.0
+    with pytest.raises(ValueError):
+        PolyDecay(0)
+
+
 @pytest.mark.parametrize(("step", "expected"), REFERENCE_TABLE)
 def test_factor_matches_detectron2_warmup_poly(step, expected):
     decay = PolyDecay(90_000, 0.9, warmup_steps=1000, warmup_factor=0.001)
@@ -104,15 +114,6 @@ class _LrRecorder(L.Callback):
         self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
-@pytest.fixture(scope="module")
-def plain_ckpt(tmp_path_factory):
-    """An untrained depth-18 segmentation checkpoint: the schedule does not care about the weights."""
-    path = tmp_path_factory.mktemp("plain") / "plain.ckpt"
-    module = SegmentationModule(DeepLabV2(depth=18, preprocessing="imagenet"))
-    torch.save({"pytorch-lightning_version": L.__version__, "state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
-    return path
-
-
 def _fit(module, toy_root, root, max_steps: int, ckpt_path=None) -> tuple[L.Trainer, _LrRecorder]:
     recorder = _LrRecorder()
     trainer = L.Trainer(
@@ -127,25 +128,25 @@ def _fit(module, toy_root, root, max_steps: int, ckpt_path=None) -> tuple[L.Trai
     return trainer, recorder
 
 
-def test_calibration_runs_warmup_poly_by_step_and_resumes_it(plain_ckpt, toy_root, tmp_path):
+def test_calibration_runs_warmup_poly_by_step_and_resumes_it(deeplab_ckpt, toy_root, tmp_path):
     """Step k trains with lr x factor(k) (Detectron2 steps its scheduler after each iteration), and a
     checkpoint carries the schedule on: the resumed steps continue the same law."""
     args = dict(augmentations=["randaugment"], optimizer=Adam(lr=0.1), lr_scheduler=Poly(8, warmup_steps=4, warmup_factor=0.1))
     expected = [0.1 * detectron2_warmup_poly(k, 8, 4, 0.1) for k in range(9)]
-    assert CalibrationModule(str(plain_ckpt)).hparams.lr_scheduler["init_args"]["warmup_steps"] == 1000  # the reference's default
+    assert CalibrationModule(str(deeplab_ckpt)).hparams.lr_scheduler["init_args"]["warmup_steps"] == 1000  # the reference's default
 
     L.seed_everything(0)
-    trainer, recorder = _fit(CalibrationModule(str(plain_ckpt), **args), toy_root, tmp_path, max_steps=6)
+    trainer, recorder = _fit(CalibrationModule(str(deeplab_ckpt), **args), toy_root, tmp_path, max_steps=6)
     assert recorder.lrs == pytest.approx(expected[:6], rel=1e-9)
     assert trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0] == pytest.approx(expected[6], rel=1e-9)
     ckpt = tmp_path / "step6.ckpt"
     trainer.save_checkpoint(ckpt)
 
-    _, resumed = _fit(CalibrationModule(str(plain_ckpt), **args), toy_root, tmp_path, max_steps=8, ckpt_path=str(ckpt))
+    _, resumed = _fit(CalibrationModule(str(deeplab_ckpt), **args), toy_root, tmp_path, max_steps=8, ckpt_path=str(ckpt))
     assert resumed.lrs == pytest.approx(expected[6:8], rel=1e-9)
 
 
-def test_calibration_without_warmup_is_the_base_stage_poly(plain_ckpt):
-    module = CalibrationModule(str(plain_ckpt), optimizer=Adam(lr=0.1), lr_scheduler=Poly(8))
+def test_calibration_without_warmup_is_the_base_stage_poly(deeplab_ckpt):
+    module = CalibrationModule(str(deeplab_ckpt), optimizer=Adam(lr=0.1), lr_scheduler=Poly(8))
     decay = module.configure_optimizers()["lr_scheduler"]["scheduler"].lr_lambdas[0]
     assert [decay(k) for k in range(10)] == [PolyDecay(8, 0.9)(k) for k in range(10)]

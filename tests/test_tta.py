@@ -133,13 +133,6 @@ def test_pixel_ece_matches_torchmetrics():
 
 
 # --------------------------------------------------------------------------- through the CLI
-@pytest.fixture(scope="module")
-def reference_pth(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ref") / "source.pth"
-    torch.save(_segmenter().state_dict(), path)
-    return path
-
-
 def _test_config(path, data: dict) -> str:
     path.write_text(yaml.safe_dump({"trainer": {"accelerator": "cpu", "logger": False, "enable_progress_bar": False}, "data": data}, sort_keys=False))
     return str(path)
@@ -149,7 +142,7 @@ def _toy_target(toy_root) -> dict:
     return {"dataset": "cityscapes", "root": str(toy_root / "Cityscapes"), "size": [64, 32], "num_workers": 0}
 
 
-def test_several_methods_and_targets_in_one_table(toy_root, reference_pth, tmp_path, capsys):
+def test_several_methods_and_targets_in_one_table(toy_root, deeplab_pth, tmp_path, capsys):
     acdc = tmp_path / "acdc"
     rng = np.random.default_rng(0)
     for frame in range(2):
@@ -160,7 +153,7 @@ def test_several_methods_and_targets_in_one_table(toy_root, reference_pth, tmp_p
         "targets": {"cityscapes": {}, "acdc_fog": {"dataset": "acdc", "root": str(acdc), "options": {"condition": "fog"}}},
     }
     out = tmp_path / "out"
-    args = ["test", "--config", _test_config(tmp_path / "t.yaml", data), "--ckpt", str(reference_pth), "--output", str(out)]
+    args = ["test", "--config", _test_config(tmp_path / "t.yaml", data), "--ckpt", str(deeplab_pth), "--output", str(out)]
     main([*args, "--method", "none", "--method", "manual@0", "--calibration", "tent", "--save_predictions"])  # --calibration: the older name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["targets"] == ["cityscapes", "acdc_fog"] and metrics["methods"] == ["none", "manual@0", "tent"]
@@ -174,10 +167,10 @@ def test_several_methods_and_targets_in_one_table(toy_root, reference_pth, tmp_p
     assert "acdc_fog" in captured.out + captured.err
 
 
-def test_calibrate_grid_writes_results_per_strength(toy_root, reference_pth, tmp_path):
+def test_calibrate_grid_writes_results_per_strength(toy_root, deeplab_pth, tmp_path):
     out = tmp_path / "grid"
     config = _test_config(tmp_path / "t.yaml", _toy_target(toy_root))
-    main(["calibrate-grid", "--config", config, "--ckpt", str(reference_pth), "--strengths", "0,0.5,1", "--output", str(out)])
+    main(["calibrate-grid", "--config", config, "--ckpt", str(deeplab_pth), "--strengths", "0,0.5,1", "--output", str(out)])
     grid = json.loads((out / "grid.json").read_text())["cityscapes"]
     assert list(grid["mIoU"]) == ["0", "0.5", "1"] and grid["best_strength"] in (0.0, 0.5, 1.0)
     metrics = json.loads((out / "metrics.json").read_text())

@@ -17,7 +17,6 @@ from intrada_pl import visuals
 from intrada_pl.cli import main
 from intrada_pl.data.datasets import Cityscapes
 from intrada_pl.data.labels import CLASS_NAMES, PALETTE
-from intrada_pl.models.deeplabv2 import DeepLabV2
 from intrada_pl.evaluation import format_results_table
 from intrada_pl.stages.evaluation import PixelCalibrationError
 
@@ -104,34 +103,18 @@ def test_unlabelled_ece_prints_na():
 
 
 # --------------------------------------------------------------------------- through the CLI
-@pytest.fixture(scope="module")
-def source_pth(tmp_path_factory):
-    torch.manual_seed(0)
-    model = DeepLabV2(19, depth=18, preprocessing="imagenet").train()
-    with torch.no_grad():  # real BN statistics, so the prediction is not one class everywhere
-        model(torch.rand(2, 3, 32, 64) * 255)
-    path = tmp_path_factory.mktemp("ckpt") / "source.pth"
-    torch.save(model.eval().state_dict(), path)
-    return path
-
-
-def test_test_writes_pictures_and_fills_a_wandb_run(toy_root, source_pth, tmp_path, monkeypatch, caplog):
+def test_test_writes_pictures_and_fills_a_wandb_run(toy_root, deeplab_pth, tmp_path, monkeypatch, caplog, offline_wandb):
     """A labelled and an unlabelled target: overlays for both, error maps, confusion counts and a
     reliability diagram for the labelled one, "n/a" ECE for the other, all of it in W&B."""
-    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
-        monkeypatch.setenv(var, str(tmp_path / var.lower()))
-    monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    __import__("wandb").finish()  # a run another test left open would be reused by Lightning's WandbLogger
     config = eval_config(toy_root)
     config["trainer"]["logger"] = {"class_path": "intrada_pl.loggers.WandbLogger", "init_args": {"save_dir": str(tmp_path), "project": "t"}}
     config["data"]["targets"] = {"cityscapes": {}, "unlabelled": {"with_labels": False}}
     config["model"] = {"dashboard_images": 2}
     out = tmp_path / "out"
-    main(["test", "--config", write_yaml(tmp_path / "t.yaml", config), "--ckpt", str(source_pth), "--output", str(out), "--save_predictions"])
-    wandb = __import__("wandb")
-    wandb.finish()  # a CLI process finishes the run at exit; in-process we do it here,
-    wandb.teardown()  # and wait for the W&B service to flush it
+    main(["test", "--config", write_yaml(tmp_path / "t.yaml", config), "--ckpt", str(deeplab_pth), "--output", str(out), "--save_predictions"])
+    offline_wandb.finish()  # a CLI process finishes the run at exit; in-process we do it here,
+    offline_wandb.teardown()  # and wait for the W&B service to flush it
 
     dataset = Cityscapes(toy_root / "Cityscapes", split="val")
     pngs = sorted(Path(name).with_suffix(".png").as_posix() for name in dataset.names)

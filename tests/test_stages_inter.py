@@ -286,10 +286,7 @@ def test_non_finite_loss_stops_training_and_keeps_checkpoints(toy_root, tmp_path
         assert torch.isfinite(value.float()).all()
 
 
-def test_wandb_offline_run_holds_losses_lrs_accuracies_iou_and_panels(toy_root, tmp_path, monkeypatch):
-    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
-        monkeypatch.setenv(var, str(tmp_path / var.lower()))
-    monkeypatch.setenv("WANDB_MODE", "offline")
+def test_wandb_offline_run_holds_losses_lrs_accuracies_iou_and_panels(toy_root, tmp_path, monkeypatch, offline_wandb):
     monkeypatch.setenv("WANDB_SILENT", "true")
     logger = {"class_path": "intrada_pl.loggers.WandbLogger", "init_args": {"save_dir": str(tmp_path), "project": "t"}}
     panels = {"class_path": "intrada_pl.callbacks.SegmentationPanels", "init_args": {"num_images": 2}}
@@ -297,9 +294,8 @@ def test_wandb_offline_run_holds_losses_lrs_accuracies_iou_and_panels(toy_root, 
     config["trainer"].update(max_steps=2, logger=logger, log_every_n_steps=1)
     config["trainer"]["callbacks"].append(panels)
     main(["fit", "--config", write_yaml(tmp_path / "fit.yaml", config)])
-    wandb = __import__("wandb")
-    wandb.finish()  # a CLI process finishes the run at exit; in-process we do it here,
-    wandb.teardown()  # and wait for the W&B service to flush it (slow on a loaded machine)
+    offline_wandb.finish()  # a CLI process finishes the run at exit; in-process we do it here,
+    offline_wandb.teardown()  # and wait for the W&B service to flush it (slow on a loaded machine)
 
     run = next((tmp_path / "wandb").glob("offline-run-*"))
     # wandb >= 0.2x keeps offline history only in the binary run file; its keys are stored verbatim
@@ -329,6 +325,7 @@ def test_config_files_parse(capsys):
         assert f"{key}: /x" in capsys.readouterr().out, config.name
 
 
+@pytest.mark.system
 def test_ddp_two_processes_keep_identical_weights_and_bn_buffers(toy_root, tmp_path):
     verdict_path = tmp_path / "verdict.json"
     config = fit_config(toy_root, tmp_path, stage=INTER, schedule_steps=10)

@@ -1,5 +1,5 @@
-"""BN calibration restricted to layer groups / name patterns, ``intrada calibrate-layers``, and
-AdaBN (target statistics estimated once, cached per checkpoint and target)."""
+"""Test-time methods restricted to layer groups / name patterns (intrada_pl/tta/layers.py) and
+``intrada calibrate-layers``. AdaBN's statistics and their cache: tests/test_tta_statistics.py."""
 
 from __future__ import annotations
 
@@ -10,22 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from intrada_pl.cli import main
-from intrada_pl.data.datamodules import EvaluationDataModule, TargetDataModule
 from intrada_pl.models.bn_calibration import CalibratedBatchNorm, convert_batchnorm
 from intrada_pl.models.deeplabv2 import DeepLabV2
-from intrada_pl.tta import AdaBN, CalibrationSwitch, MethodSpec, batchnorm_names, groups_with_batchnorm, select_layers, statistics
-from tests.helpers import eval_config, write_yaml
-
-from tests.helpers import trained_segmenter as _segmenter
+from intrada_pl.tta import AdaBN, CalibrationSwitch, MethodSpec, batchnorm_names, groups_with_batchnorm, select_layers
+from helpers import eval_config, write_yaml
+from helpers import trained_segmenter as _segmenter
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def reference_pth(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ref") / "source.pth"
-    torch.save(_segmenter().state_dict(), path)
-    return path
 
 
 def test_method_names_take_a_layer_selection():
@@ -127,101 +118,10 @@ def test_a_selection_calibrates_its_layers_and_leaves_the_others_plain_bn(method
             assert layer.mode == spec.calibration
 
 
-def _target(toy_root) -> dict:
-    return {"dataset": "cityscapes", "root": str(toy_root / "Cityscapes"), "size": [64, 32], "num_workers": 0}
-
-
-def _train_images(toy_root, batch_size: int, max_images: int | None = None):
-    """What intrada test's AdaBN reads for the toy Cityscapes: its train split, from the data module."""
-    return EvaluationDataModule(**_target(toy_root)).adabn_images("cityscapes", "train", max_images, batch_size)
-
-
-def test_adabn_statistics_are_pytorch_cumulative_averages(toy_root, tmp_path):
-    """momentum=None: running stats = plain average over batches of each batch's mean and unbiased
-    variance (over N x H x W), so a short last batch weighs as much as a full one."""
-    model = _segmenter()
-    convert_batchnorm(model, "none")
-    source = {k: v.clone() for k, v in model.state_dict().items()}
-    ckpt = tmp_path / "m.pth"
-    torch.save(source, ckpt)
-    stats = statistics.target_statistics(model, ckpt, _train_images(toy_root, batch_size=4), cache_dir=None)
-    assert list(stats) == batchnorm_names(model)
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in source.items())  # the model keeps its statistics
-
-    data = TargetDataModule(**_target(toy_root), split="train", with_labels=False, batch_size=4)
-    data.setup("test")
-    means, variances, pooled = [], [], []
-    with torch.no_grad():
-        for batch in data.test_dataloader():  # 6 train images: batches of 4 and 2
-            x = model.conv1(model.normalize(batch["image"]))  # the stem BN's input
-            means.append(x.mean((0, 2, 3)))
-            variances.append(x.var((0, 2, 3), correction=1))
-            pooled.append(x)
-    assert [len(p) for p in pooled] == [4, 2]
-    torch.testing.assert_close(stats["bn1"]["mean"], torch.stack(means).mean(0))
-    torch.testing.assert_close(stats["bn1"]["var"], torch.stack(variances).mean(0))
-    assert not torch.allclose(stats["bn1"]["var"], torch.cat(pooled).var((0, 2, 3)), rtol=1e-3)  # not the pooled variance
-
-    first = statistics.target_statistics(model, ckpt, _train_images(toy_root, batch_size=4, max_images=4), cache_dir=None)
-    torch.testing.assert_close(first["bn1"]["var"], variances[0])
-
-
-def test_adabn_statistics_are_cached_per_checkpoint_and_target(toy_root, tmp_path, monkeypatch):
-    calls = []
-    estimate = statistics.estimate_statistics
-    monkeypatch.setattr(statistics, "estimate_statistics", lambda *a, **k: calls.append(1) or estimate(*a, **k))
-    ckpt, cache, out = tmp_path / "m.pth", tmp_path / "cache", tmp_path / "out"
-    torch.save(_segmenter().state_dict(), ckpt)
-    config = write_yaml(tmp_path / "t.yaml", eval_config(toy_root))
-    args = ["test", "--config", config, "--ckpt", str(ckpt), "--output", str(out), "--method", "none",
-            "--method", "adabn", "--method", "adabn[stem]", "--model.adabn_cache", str(cache), "--model.adabn_batch_size", "4"]
-
-    def run() -> dict:
-        main(args)
-        return json.loads((out / "metrics.json").read_text())["results"]["cityscapes"]
-
-    first = run()
-    assert len(calls) == 1 and len(list(cache.glob("adabn_*.pt"))) == 1
-    ece = {name: r["ECE"] for name, r in first.items()}
-    assert len(set(ece.values())) == 3, ece  # AdaBN on all layers, on the stem only, and plain BN differ
-    again = run()  # no forward pass over the train split this time
-    assert len(calls) == 1 and {name: r["ECE"] for name, r in again.items()} == ece
-
-    model = _segmenter()
-    convert_batchnorm(model, "none")
-    images = _train_images(toy_root, batch_size=4)
-    cached = statistics.target_statistics(model, ckpt, images, cache_dir=cache)
-    assert len(calls) == 1  # the same checkpoint, target and settings as intrada test's
-    statistics.target_statistics(model, ckpt, images, cache_dir=cache, recompute=True)
-    statistics.target_statistics(model, ckpt, _train_images(toy_root, batch_size=4, max_images=3), cache_dir=cache)
-    assert len(calls) == 3 and len(list(cache.glob("adabn_*.pt"))) == 2
-    torch.save(_segmenter(seed=1).state_dict(), ckpt)  # another checkpoint in the same file
-    other = statistics.target_statistics(_segmenter(seed=1), ckpt, images, cache_dir=cache)
-    assert len(calls) == 4 and not torch.equal(other["bn1"]["mean"], cached["bn1"]["mean"])
-
-
-def test_a_corrupt_adabn_cache_file_is_named_and_recomputed(toy_root, tmp_path, monkeypatch):
-    calls = []
-    estimate = statistics.estimate_statistics
-    monkeypatch.setattr(statistics, "estimate_statistics", lambda *a, **k: calls.append(1) or estimate(*a, **k))
-    ckpt, cache = tmp_path / "m.pth", tmp_path / "cache"
-    torch.save(_segmenter().state_dict(), ckpt)
-    model = _segmenter()
-    convert_batchnorm(model, "none")
-    images = _train_images(toy_root, batch_size=4)
-    first = statistics.target_statistics(model, ckpt, images, cache_dir=cache)
-    (path,) = cache.glob("adabn_*.pt")
-    path.write_bytes(path.read_bytes()[:100])  # a truncated copy (a full disk, a killed job)
-    with pytest.warns(UserWarning, match=f"AdaBN cache {path} is unreadable"):
-        again = statistics.target_statistics(model, ckpt, images, cache_dir=cache)
-    assert len(calls) == 2 and torch.equal(again["bn1"]["mean"], first["bn1"]["mean"])
-    assert torch.load(path, weights_only=True)["statistics"]["bn1"]["mean"].equal(first["bn1"]["mean"])  # rewritten whole
-
-
-def test_calibrate_layers_writes_every_variant(toy_root, reference_pth, tmp_path, capsys):
+def test_calibrate_layers_writes_every_variant(toy_root, deeplab_pth, tmp_path, capsys):
     out = tmp_path / "layers"
     config = write_yaml(tmp_path / "t.yaml", eval_config(toy_root))
-    main(["calibrate-layers", "--config", config, "--ckpt", str(reference_pth), "--output", str(out)])
+    main(["calibrate-layers", "--config", config, "--ckpt", str(deeplab_pth), "--output", str(out)])
     groups = ["stem", "layer1", "layer2", "layer3", "layer4"]  # by default, the checkpoint's segmenter's groups with BatchNorms
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["methods"] == ["none", "bn_adapt", *(f"bn_adapt[{s}{g}]" for g in groups for s in ("", "-"))]
@@ -235,9 +135,9 @@ def test_calibrate_layers_writes_every_variant(toy_root, reference_pth, tmp_path
     assert (out / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "all but" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # refused before anything is loaded
-        main(["calibrate-layers", "--config", config, "--ckpt", str(reference_pth), "--method", "tent"])
+        main(["calibrate-layers", "--config", config, "--ckpt", str(deeplab_pth), "--method", "tent"])
     with pytest.raises(Exception) as error:  # the model has no BatchNorm in its heads
-        main(["calibrate-layers", "--config", config, "--ckpt", str(reference_pth), "--groups", "heads", "--output", str(out)])
+        main(["calibrate-layers", "--config", config, "--ckpt", str(deeplab_pth), "--groups", "heads", "--output", str(out)])
     chain = [error.value]
     while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
         chain.append(chain[-1].__cause__ or chain[-1].__context__)

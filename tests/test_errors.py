@@ -20,18 +20,9 @@ from intrada_pl.data import layouts
 from intrada_pl.data.datasets import Cityscapes, ImageFileError
 from intrada_pl.errors import BadInputError
 from intrada_pl.io import write_png, write_text
-from intrada_pl.models.deeplabv2 import DeepLabV2
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = "--model.init_args.segmenter.init_args.pretrained"
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    """A released-style ``.pth``: a bare depth-18 DeepLabV2 state dict."""
-    path = tmp_path_factory.mktemp("weights") / "model.pth"
-    torch.save(DeepLabV2(19, depth=18).state_dict(), path)
-    return path
 
 
 def truncated(path: Path) -> Path:
@@ -281,7 +272,7 @@ def directory_as_ckpt_path(c: Case):
 
 
 def nan_weights(c: Case) -> str:
-    state = DeepLabV2(19, depth=18).state_dict()
+    state = torch.load(c.weights, weights_only=True)
     state["layer6.conv2d_list.0.weight"][0, 0, 0, 0] = float("nan")
     path = c.tmp / "diverged.pth"
     torch.save(state, path)
@@ -360,15 +351,15 @@ def error_line(code: int, err: str) -> str:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
-def test_bad_input_is_one_error_line_and_exit_status_2(case, toy_root, weights, tmp_path, monkeypatch, capsys):
-    args, fragments = case(Case(tmp_path, toy_root, weights))
+def test_bad_input_is_one_error_line_and_exit_status_2(case, toy_root, deeplab_pth, tmp_path, monkeypatch, capsys):
+    args, fragments = case(Case(tmp_path, toy_root, deeplab_pth))
     line = error_line(*console(monkeypatch, capsys, args))
     for fragment in fragments:
         assert fragment in line
 
 
-def test_traceback_on_request(toy_root, weights, tmp_path, monkeypatch):
-    args, _ = truncated_image(Case(tmp_path, toy_root, weights))
+def test_traceback_on_request(toy_root, deeplab_pth, tmp_path, monkeypatch):
+    args, _ = truncated_image(Case(tmp_path, toy_root, deeplab_pth))
     monkeypatch.setenv("INTRADA_TRACEBACK", "1")
     monkeypatch.setattr(sys, "argv", ["intrada", *args])
     with pytest.raises(ImageFileError, match="is truncated") as error:
@@ -376,11 +367,12 @@ def test_traceback_on_request(toy_root, weights, tmp_path, monkeypatch):
     assert isinstance(error.value, BadInputError) and isinstance(error.value, OSError)  # old except clauses still catch it
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("case", [truncated_image, zero_byte_image], ids=lambda c: c.__name__)
-def test_console_script_reports_a_worker_error_as_its_original_message(case, toy_root, weights, tmp_path):
+def test_console_script_reports_a_worker_error_as_its_original_message(case, toy_root, deeplab_pth, tmp_path):
     """The real console script, with the bad file read in a DataLoader worker process: PyTorch
     raises the error again in the main process with the worker's traceback as its message."""
-    args, fragments = case(Case(tmp_path, toy_root, weights))
+    args, fragments = case(Case(tmp_path, toy_root, deeplab_pth))
     env = {k: v for k, v in os.environ.items() if k != "INTRADA_TRACEBACK"}
     done = subprocess.run([sys.executable, "-m", "intrada_pl.cli", *args, "--data.num_workers", "1"],
                           check=False, capture_output=True, text=True, env=env, timeout=300)

@@ -129,8 +129,8 @@ def pipeline_yaml(tmp_path: Path, **extra) -> Path:
     return Path(write_yaml(tmp_path / "pipeline.yaml", spec))
 
 
-def test_two_seeds_run_every_stage_per_seed_and_summarise(tmp_path, fake, capsys, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
+@pytest.mark.system
+def test_two_seeds_run_every_stage_per_seed_and_summarise(tmp_path, fake, capsys, offline_wandb):
     p = Pipeline.from_yaml(pipeline_yaml(tmp_path, seeds=[3, 5]))
     p.intrada = [sys.executable, fake]
     summary = p.run()
@@ -167,6 +167,7 @@ def test_two_seeds_run_every_stage_per_seed_and_summarise(tmp_path, fake, capsys
     assert [path.name.split("-")[3] for path in (runs / "wandb").glob("offline-run-*")] == [run_id, run_id]  # offline-run-<time>-<id>[-n]
 
 
+@pytest.mark.system
 def test_one_seed_keeps_the_plain_layout(tmp_path, fake):
     p = Pipeline.from_yaml(pipeline_yaml(tmp_path, seeds=[3]))
     p.intrada = [sys.executable, fake]

@@ -1,4 +1,5 @@
-"""Every resize the reference does gives the reference's pixels: dataset -> data module -> batch.
+"""The transforms (intrada_pl/data/transforms.py): sizes, crops and the labels they keep, and every
+resize the reference does gives the reference's pixels: dataset -> data module -> batch.
 
 The expected values are computed as ADVENT's ``base_dataset._load_img`` does: PIL opens the file,
 ``convert('RGB')`` for images, then ``Image.resize(size, BICUBIC)`` for images and ``NEAREST``
@@ -11,6 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from intrada_pl.cli.lightning import TrainingCLI
@@ -229,3 +231,30 @@ def test_png_decoding_matches_pil_convert_rgb(tmp_path, mode):
     with Image.open(path) as im:
         np.testing.assert_array_equal(read_rgb(path), np.asarray(im.convert("RGB")))
     assert_reference_image(resize_image(read_rgb(path), (20, 11)), path, (20, 11))
+
+
+# ----------------------------------------------------------------------------------- SegmentationTransform
+def test_transform_resizes_image_bicubic_and_label_nearest():
+    image = np.random.default_rng(0).integers(0, 255, (40, 80, 3), dtype=np.uint8)
+    label = np.zeros((40, 80), np.uint8)
+    label[:, 40:] = 7
+    out = SegmentationTransform((20, 10))(image, label)
+    assert out["image"].shape == (3, 10, 20) and out["image"].dtype == torch.uint8
+    assert out["mask"].shape == (10, 20) and set(out["mask"].unique().tolist()) == {0, 7}
+
+
+def test_eval_transform_keeps_label_resolution():
+    out = SegmentationTransform((20, 10), resize_label=False)(np.zeros((40, 80, 3), np.uint8), np.zeros((40, 80), np.uint8))
+    assert out["image"].shape == (3, 10, 20)
+    assert out["mask"].shape == (40, 80)
+
+
+def test_crop_pads_label_with_ignore():
+    out = SegmentationTransform(crop_size=(30, 30))(np.zeros((20, 20, 3), np.uint8), np.zeros((20, 20), np.uint8))
+    assert out["mask"].shape == (30, 30)
+    assert (out["mask"] == 255).sum() == 30 * 30 - 20 * 20
+
+
+def test_random_ops_refuse_fixed_label():
+    with pytest.raises(ValueError, match="resize_label"):
+        SegmentationTransform((20, 10), resize_label=False, hflip=True)

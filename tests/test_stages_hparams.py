@@ -41,7 +41,7 @@ def old_code(tmp_path_factory) -> Path:
 def run(args: list[str], tmp_path: Path, code: Path | None = None, status: int = 0) -> subprocess.CompletedProcess:
     """``intrada ARGS`` with the old package (``code``) or today's (run outside the repository, whose package
     would come first on the path)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if code is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(code), env.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, "-m", "intrada_pl.cli", *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)

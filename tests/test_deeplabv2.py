@@ -1,22 +1,13 @@
-"""DeepLabV2 / discriminator / pre-processing / weight loading (REFERENCE A1, A2). Big shapes run on meta."""
+"""The ADVENT networks (REFERENCE A1, A2): DeepLabV2, its pre-processing, the discriminator. Big shapes run on meta.
+Loading weights into them: tests/test_weights.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
-from intrada_pl.models import (
-    CheckpointMismatchError,
-    DeepLabV2,
-    FCDiscriminator,
-    InputNormalization,
-    infer_architecture,
-    load_pretrained,
-    load_reference_checkpoint,
-    reference_lr_multiplicity,
-)
+from intrada_pl.models import DeepLabV2, FCDiscriminator, InputNormalization, reference_lr_multiplicity
 from intrada_pl.models.deeplabv2 import ASPPClassifier
 
 META = torch.device("meta")
@@ -190,91 +181,3 @@ def test_discriminator_shape_and_layout():
     assert isinstance(disc[-1], nn.Conv2d)  # logits: no sigmoid
     assert not any(isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)) for m in disc.modules())
     assert list(disc.state_dict())[:2] == ["0.weight", "0.bias"]
-
-
-# ---------------------------------------------------------------- weights
-
-
-def save(tmp_path, state, name="w.pth"):
-    path = tmp_path / name
-    torch.save(state, path)
-    return path
-
-
-def assert_same(model, state):
-    own = model.state_dict()
-    for key, value in state.items():
-        torch.testing.assert_close(own[key], value, msg=key)
-
-
-def test_reference_state_dict_roundtrip(tmp_path):
-    src = DeepLabV2(num_classes=19, depth=18)
-    path = save(tmp_path, {"state_dict": src.state_dict()})
-    dst = DeepLabV2(num_classes=19, depth=18)
-    assert load_reference_checkpoint(dst, path).startswith("all 136 tensors of a DeepLabV2(num_classes=19, depth=18")
-    assert_same(dst, src.state_dict())
-    assert load_pretrained(DeepLabV2(num_classes=19, depth=18), path).startswith("all 136 tensors")
-
-
-def test_class_count_mismatch(tmp_path):
-    path = save(tmp_path, DeepLabV2(num_classes=16, depth=18).state_dict())
-    with pytest.raises(CheckpointMismatchError, match=r"16 classes \(layer6.conv2d_list.0.weight: 16x512x3x3\), model has 19"):
-        load_reference_checkpoint(DeepLabV2(num_classes=19, depth=18), path)
-
-
-def test_depth_mismatch_names_missing_keys(tmp_path):
-    state = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in meta_model(depth=50).state_dict().items()}
-    path = save(tmp_path, state)
-    with pytest.raises(CheckpointMismatchError, match=r"depth 50.*missing keys: layer3\.6\.conv1\.weight"):
-        load_reference_checkpoint(meta_model(depth=101), path)
-
-
-def test_shape_and_head_mismatches(tmp_path):
-    state = DeepLabV2(num_classes=4, depth=18).state_dict()
-    state["layer2.0.conv1.weight"] = torch.zeros(128, 64, 1, 1)
-    with pytest.raises(CheckpointMismatchError, match=r"layer2.0.conv1.weight: checkpoint 128x64x1x1 vs model 128x64x3x3"):
-        load_reference_checkpoint(DeepLabV2(num_classes=4, depth=18), save(tmp_path, state))
-    single = DeepLabV2(num_classes=4, depth=18, multi_level=False).state_dict()
-    with pytest.raises(CheckpointMismatchError, match=r"missing keys: layer5\.conv2d_list"):
-        load_reference_checkpoint(DeepLabV2(num_classes=4, depth=18), save(tmp_path, single, "s.pth"))
-
-
-def test_torchvision_backbone(tmp_path):
-    tv = torchvision.models.resnet50(weights=None).state_dict()
-    path = save(tmp_path, tv)
-    model = DeepLabV2(depth=50, preprocessing="imagenet")
-    heads = {k: v.clone() for k, v in model.state_dict().items() if is_head(k)}
-    assert "skipped fc" in load_pretrained(model, path)
-    assert_same(model, {k: v for k, v in tv.items() if not k.startswith("fc.")})
-    assert_same(model, heads)
-
-
-def test_torchvision_weights_warn_on_caffe_preprocessing(tmp_path):
-    path = save(tmp_path, torchvision.models.resnet18(weights=None).state_dict())
-    with pytest.warns(UserWarning, match="preprocessing='imagenet'"):
-        load_pretrained(DeepLabV2(depth=18), path)
-
-
-def test_deeplab_init_file(tmp_path):
-    """'Scale.'-prefixed keys, its own layer5 classifier, and no num_batches_tracked (PyTorch <= 0.4)."""
-    src = DeepLabV2(depth=18)
-    backbone = {k: v for k, v in src.state_dict().items() if not is_head(k) and "num_batches" not in k}
-    state = {f"Scale.{k}": v for k, v in backbone.items()}
-    state |= {f"Scale.layer5.conv2d_list.{i}.weight": torch.ones(1000, 256, 3, 3) for i in range(4)}
-    model = DeepLabV2(depth=18)
-    heads = {k: v.clone() for k, v in model.state_dict().items() if is_head(k)}
-    assert "skipped layer5" in load_pretrained(model, save(tmp_path, state))
-    assert_same(model, backbone)
-    assert_same(model, heads)
-
-
-def test_no_pretrained_warns():
-    with pytest.warns(UserWarning, match="random init"):
-        assert load_pretrained(meta_model(depth=18), None) == "random"
-
-
-@pytest.mark.parametrize("kwargs", [{}, dict(num_classes=7, depth=18, multi_level=False), dict(num_classes=16, depth=50)])
-def test_infer_architecture(kwargs):
-    model = meta_model(**kwargs)
-    arch = infer_architecture(model.state_dict())
-    assert arch == dict(num_classes=model.num_classes, depth=model.depth, multi_level=model.multi_level)

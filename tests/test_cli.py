@@ -63,11 +63,9 @@ def test_ensemble_of_two_checkpoints(trained, toy_root, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["checkpoints"] == [str(ckpts[0]), str(ckpts[1])]
 
 
-def test_reference_state_dict_is_evaluated(toy_root, tmp_path):
-    path = tmp_path / "model_120000.pth"
-    torch.save(DeepLabV2(19, depth=18).state_dict(), path)
+def test_reference_state_dict_is_evaluated(toy_root, deeplab_pth, tmp_path):
     cfg = write_yaml(tmp_path / "test.yaml", eval_config(toy_root))
-    main(["test", "--config", cfg, "--ckpt", str(path), "--output", str(tmp_path / "ref")])
+    main(["test", "--config", cfg, "--ckpt", str(deeplab_pth), "--output", str(tmp_path / "ref")])
     assert (tmp_path / "ref" / "metrics.json").is_file()
 
 
