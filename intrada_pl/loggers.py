@@ -7,7 +7,9 @@ from __future__ import annotations
 import csv
 import netrc
 import os
+import secrets
 import subprocess
+import warnings
 from argparse import Namespace
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -125,7 +127,15 @@ class WandbLogger(LightningWandbLogger, IterationSteps):
         if self._experiment is None:
             self._id = self._wandb_init["id"] = self._id or folder_run_id(self.save_dir)
             os.makedirs(self.save_dir, exist_ok=True)  # wandb warns of a missing git root otherwise
-            run = LightningWandbLogger.experiment.fget(self)
+            try:
+                run = LightningWandbLogger.experiment.fget(self)
+            except Exception as error:  # the folder's run still held by a killed process (kill -9)
+                if "in use" not in str(error):
+                    raise
+                warnings.warn(f"W&B run {self._id} of {self.save_dir} is still held by a process that was killed; "
+                              "logging this command to a new W&B run", UserWarning, stacklevel=2)
+                self._id = self._wandb_init["id"] = secrets.token_hex(4)
+                run = LightningWandbLogger.experiment.fget(self)
             run.define_metric("val/mIoU", summary="max")
             pending, self._pending = self._pending, []
             for params in pending:

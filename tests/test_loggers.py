@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -198,3 +199,27 @@ def test_a_command_that_fails_on_its_inputs_opens_no_wandb_run(toy_root, tmp_pat
     err = capsys.readouterr().err
     assert len(offline_run_ids(fresh)) == 1  # opened at the first log
     assert "git root" not in err and "anonymous" not in err
+
+
+def test_a_run_id_still_held_by_a_killed_process_falls_back_to_a_new_run(tmp_path, monkeypatch):
+    """After a kill -9 the folder's W&B run can still be held (wandb: "run ID ... is in use"): the
+    resumed command warns and logs to a new run instead of failing."""
+    from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+
+    from intrada_pl.loggers import WandbLogger
+
+    tries = []
+
+    def held_once(self):
+        tries.append(self._wandb_init["id"])
+        if len(tries) == 1:
+            raise RuntimeError(f"ServerResponseError: run ID {self._wandb_init['id']} is in use")
+        self._experiment = SimpleNamespace(define_metric=lambda *a, **k: None)
+        return self._experiment
+
+    monkeypatch.setattr(LightningWandbLogger, "experiment", property(held_once))
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True)
+    with pytest.warns(UserWarning, match="still held by a process that was killed"):
+        logger.experiment.define_metric
+    folder_id = (tmp_path / "wandb" / "run_id").read_text().strip()
+    assert tries[0] == folder_id and tries[1] != folder_id and len(tries) == 2

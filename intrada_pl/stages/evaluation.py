@@ -223,7 +223,7 @@ class Evaluator(SegmentationEvalModule):
     def _logits(self, model: nn.Module, images: Tensor) -> Tensor:
         """Main-head logits of one method's model: of the whole image, or by sliding windows."""
         window = self.hparams.sliding_window
-        if window is None:
+        if window is None or (window[0] >= images.shape[-2] and window[1] >= images.shape[-1]):  # one window: the image
             return model(images)[1]
         stride = self.hparams.sliding_stride or tuple(max(1, 2 * w // 3) for w in window)
         return sliding_window_logits(lambda crop: model(crop)[1], images, tuple(window), tuple(stride))
