@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from torch.optim import Optimizer
+
+from intrada_pl.optim.replay import evaluate_closure
 
 
 class JointOptimizer(Optimizer):
@@ -34,10 +35,7 @@ class JointOptimizer(Optimizer):
         self.param_groups = [group for opt in self.optimizers for group in opt.param_groups]
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for opt in self.optimizers:
             opt.step()
         return loss

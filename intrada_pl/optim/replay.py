@@ -9,6 +9,14 @@ import torch
 from torch.optim import Optimizer
 
 
+def evaluate_closure(closure: Callable[[], Any] | None) -> Any:
+    """The loss of an optimiser's ``closure`` (with gradients enabled), as ``torch.optim`` steps do; None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class SGD041(Optimizer):
     """Momentum SGD replaying PyTorch 0.4.1's step over a parameter list with repeats.
 
@@ -45,10 +53,7 @@ class SGD041(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from intrada_pl.optim.replay import evaluate_closure
+
 
 class Adam041(Optimizer):
     """Adam replaying PyTorch 0.4.1's step (tag v0.4.1, ``torch/optim/adam.py``, ``Adam.step``).
@@ -65,10 +67,7 @@ class Adam041(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
