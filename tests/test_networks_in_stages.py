@@ -195,6 +195,13 @@ def test_channel_calibration_methods_at_test_time(source_only, toy_root, tmp_pat
     assert list(results) == methods and all(0 <= r["mIoU"] <= 100 for r in results.values())
     assert results["chancal_manual@0"]["IoU"] == results["none"]["IoU"] and results["chancal_manual@0"]["ECE"] == results["none"]["ECE"]
 
+    # calibrate-layers on the network's own groups (a channel method: every group, not only those with BatchNorm)
+    layers = tmp_path / "layers"
+    main(["calibrate-layers", "--config", write_yaml(tmp_path / "test.yaml", eval_config(toy_root)),
+          "--ckpt", str(tmp_path / "calib" / "checkpoints" / "last.ckpt"), "--method", "chancal_manual@0.5", "--output", str(layers)])
+    study = json.loads((layers / "layers.json").read_text())["cityscapes"]
+    assert list(study["alone"]) == list(load_segmenter(ckpt)[0].layer_groups())
+
 
 def test_channel_methods_need_a_channel_calibration_checkpoint(source_only, toy_root, tmp_path):
     network, ckpt = source_only

@@ -17,6 +17,7 @@ from intrada_pl.models.factory import load_segmenter
 from intrada_pl.stages.evaluation import Evaluator
 from intrada_pl.tables import text_table
 from intrada_pl.tta import MethodSpec, groups_with_batchnorm
+from intrada_pl.tta.spec import CHANNEL_METHODS
 from intrada_pl.visuals import write_figure
 
 
@@ -120,8 +121,8 @@ def layer_variants(method: str, groups: Sequence[str]) -> list[str]:
 
 class LayerStudyCLI(EvaluationCLI):
     """``intrada test`` with ``method`` on every layer group alone and on all layers but it, beside
-    ``none`` and ``method`` on all layers; ``groups`` (None: the groups of the first checkpoint's
-    segmenter that hold BatchNorm layers) are settled before the evaluator is built."""
+    ``none`` and ``method`` on all layers; ``groups`` (None: the first checkpoint's segmenter's groups,
+    those that hold BatchNorm layers for a BatchNorm method) are settled before the evaluator is built."""
 
     def __init__(self, method: str, groups: list[str] | None, *args, **kwargs) -> None:
         self.method, self.groups = method, groups
@@ -132,7 +133,9 @@ class LayerStudyCLI(EvaluationCLI):
         if not model.checkpoints:  # the evaluator says what is missing
             return
         if self.groups is None:
-            self.groups = groups_with_batchnorm(load_segmenter(model.checkpoints[0])[0])
+            segmenter = load_segmenter(model.checkpoints[0])[0]
+            channel = MethodSpec.parse(self.method).calibration in CHANNEL_METHODS  # sites everywhere, not only BNs
+            self.groups = list(segmenter.layer_groups()) if channel else groups_with_batchnorm(segmenter)
         model.methods = [*model.methods, *layer_variants(self.method, self.groups)]
 
 
